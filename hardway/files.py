@@ -1,0 +1,60 @@
+"""A file a node should receive: the unit of planning, rendering and pushing."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class File:
+    """Target ``path`` on the node, with its bytes (``content``) or a local ``source`` for big binaries.
+
+    ``services`` are the units to restart when this file changes; ``secret`` files are never
+    printed or logged and are written 0600 wherever they land.
+    """
+
+    path: str
+    mode: int
+    content: bytes | None = None
+    source: Path | None = None
+    owner: str = "root"
+    group: str = "root"
+    services: tuple[str, ...] = ()
+    secret: bool = False
+    chapter: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.content is None) == (self.source is None):
+            raise ValueError(f"{self.path}: give exactly one of content or source")
+        if not self.path.startswith("/"):
+            raise ValueError(f"{self.path}: target path must be absolute")
+
+    def data(self) -> bytes:
+        if self.content is not None:
+            return self.content
+        assert self.source is not None
+        return self.source.read_bytes()
+
+    @cached_property
+    def sha256(self) -> str:
+        if self.content is not None:
+            return hashlib.sha256(self.content).hexdigest()
+        assert self.source is not None
+        h = hashlib.sha256()
+        with self.source.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def manifest_entry(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "mode": f"{self.mode:04o}",
+            "owner": f"{self.owner}:{self.group}",
+            "sha256": self.sha256,
+            "services": list(self.services),
+            "chapter": self.chapter,
+        }
