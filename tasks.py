@@ -56,3 +56,14 @@ def pki_state(inv, pki_dir: str | None):  # -> hardway.state.PkiState
 
 
 ns = Collection()
+
+
+# --- pki: certificates, kubeconfigs, encryption config (owner: PKI) -------------------------
+
+# --- render: units and configs per node (owner: render) ------------------------------------
+
+# --- lab: the local lab of systemd machines (owner: lab) -----------------------------------
+
+# --- bootstrap and verify (owner: etcd chapter) --------------------------------------------
+
+# --- rotate-certs (owner: rotation) --------------------------------------------------------
