@@ -1,0 +1,1 @@
+"""hardway: provision and verify a Kubernetes-the-Hard-Way cluster on lab machines."""

@@ -1,0 +1,1 @@
+"""One module per chapter: what it plans, how it applies, which checks prove it."""
