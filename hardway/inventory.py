@@ -203,7 +203,10 @@ class _Field:
     def scalar(self) -> Any:
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.fail(f"expected a single value, got {_kind(self.node)}")
-        return yaml.SafeLoader("").construct_object(self.node)
+        try:
+            return _construct(self.node)
+        except yaml.YAMLError:
+            raise self.fail(f"cannot read {self.node.value!r} tagged {self.node.tag}; remove the tag") from None
 
     def required(self) -> _Field:
         if not self.present:
@@ -289,7 +292,14 @@ def _kind(node: yaml.Node | None) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return _describe(yaml.SafeLoader("").construct_object(node))
+    try:
+        return _describe(_construct(node))
+    except yaml.YAMLError:
+        return f"a value tagged {node.tag}"
+
+
+def _construct(node: yaml.Node) -> Any:
+    return yaml.SafeLoader("").construct_object(node)
 
 
 def _describe(value: Any) -> str:
