@@ -1,0 +1,302 @@
+"""The remote layer: the only module that touches hosts.
+
+- ``NodeConnection``: a Fabric Connection that checks host keys against the inventory's
+  known_hosts and refuses unknown or changed ones (Fabric auto-adds them by default).
+- ``Remote``: what apply and verify need from a node (run, read, install files, systemd), over
+  SSH here and over a recording fake in unit tests (tests/fakes.py).
+- ``fan_out``: run one function per node in parallel and return every node's outcome; one
+  node failing never stops the others.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+from hardway.errors import HardwayError
+from hardway.files import File
+from hardway.inventory import Inventory, Node
+
+T = TypeVar("T")
+
+
+class RemoteError(HardwayError):
+    """A node could not be reached or a command on it failed; names the node."""
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Remote(Protocol):
+    """What the rest of hardway may do to a node."""
+
+    node: Node
+
+    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> Result: ...
+
+    def upload(self, data: bytes, remote_path: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NodeConnection(Connection):
+    """A Fabric Connection with strict host-key checking against one known_hosts file."""
+
+    def __init__(self, inv: Inventory, node: Node) -> None:
+        ssh = inv.ssh
+        connect_kwargs: dict[str, object] = {"banner_timeout": ssh.connect_timeout,
+                                             "auth_timeout": ssh.connect_timeout}
+        if ssh.key is not None:
+            connect_kwargs.update(key_filename=str(ssh.key), look_for_keys=False, allow_agent=False)
+        super().__init__(
+            host=str(node.address), user=ssh.user, port=ssh.port,
+            connect_timeout=ssh.connect_timeout, connect_kwargs=connect_kwargs,
+            # An explicit empty ssh_config: the inventory alone decides user, port and key.
+            config=Config(lazy=True, ssh_config=paramiko.SSHConfig()),
+        )
+        if not ssh.known_hosts.is_file():
+            raise RemoteError(
+                f"{node.name}: known_hosts file {ssh.known_hosts} does not exist; record the nodes' "
+                f"host keys there (e.g. ssh-keyscan -p {ssh.port} ADDRESS >> {ssh.known_hosts}, after "
+                "checking the fingerprints)"
+            )
+        # Fabric hard-codes AutoAddPolicy; a node we have not recorded must be refused, not trusted.
+        self.client.load_host_keys(str(ssh.known_hosts))
+        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+
+class SSHRemote:
+    """A node over SSH. As root, or via passwordless sudo (each command wrapped in ``sh -c``)."""
+
+    def __init__(self, inv: Inventory, node: Node) -> None:
+        self.node = node
+        self.inv = inv
+        self.conn = NodeConnection(inv, node)
+        self._sudo = inv.ssh.become == "sudo"
+
+    def open(self) -> SSHRemote:
+        ssh = self.inv.ssh
+        where = f"{self.node.name} ({self.node.address}:{ssh.port})"
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException:
+            raise RemoteError(
+                f"{where}: host key differs from the one in {ssh.known_hosts}; if the node was "
+                "reinstalled, verify the new fingerprint and replace its line there"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise RemoteError(
+                    f"{where}: host key not in {ssh.known_hosts}; record it deliberately "
+                    f"(ssh-keyscan -p {ssh.port} {self.node.address}, compare the fingerprint) — unknown "
+                    "hosts are refused"
+                ) from None
+            raise RemoteError(f"{where}: SSH failed: {exc}") from None
+        except (TimeoutError, socket.timeout):
+            raise RemoteError(f"{where}: unreachable (no answer within {ssh.connect_timeout}s)") from None
+        except OSError as exc:
+            raise RemoteError(f"{where}: unreachable ({exc.strerror or exc})") from None
+        return self
+
+    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> Result:
+        wrapped = f"sudo -n sh -c {shlex.quote(command)}" if self._sudo else command
+        limit = timeout or self.inv.ssh.command_timeout
+        try:
+            r = self.conn.run(wrapped, hide=True, warn=True, in_stream=False, timeout=limit)
+        except CommandTimedOut:
+            raise RemoteError(f"{self.node.name}: command timed out after {limit}s: {command}") from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise RemoteError(f"{self.node.name}: connection lost running {command!r}: {exc}") from None
+        result = Result(command=command, exit_code=r.exited, stdout=r.stdout, stderr=r.stderr)
+        if check and not result.ok:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise RemoteError(
+                f"{self.node.name}: `{command}` exited {result.exit_code}: {detail[-1] if detail else ''}"
+            )
+        return result
+
+    def upload(self, data: bytes, remote_path: str) -> None:
+        # SFTP lands the file 0644 as the login user: callers upload into a private (0700) temp
+        # dir and move it into place with `install`, which sets mode and owner.
+        try:
+            self.conn.put(io.BytesIO(data), remote=remote_path)
+        except (OSError, paramiko.SSHException) as exc:
+            raise RemoteError(f"{self.node.name}: upload to {remote_path} failed: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(inv: Inventory, node: Node) -> Remote:
+    return SSHRemote(inv, node).open()
+
+
+Connector = Callable[[Inventory, Node], Remote]
+
+
+# --- parallel fan-out ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    node: Node
+    value: T | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def fan_out(
+    inv: Inventory,
+    nodes: Sequence[Node],
+    work: Callable[[Remote], T],
+    *,
+    connector: Connector = connect,
+) -> list[Outcome[T]]:
+    """Run ``work`` on every node at once (one connection per node and thread); return each outcome.
+
+    A node that cannot be reached, or whose work raises, yields an Outcome with ``error`` set;
+    the others carry on. Order follows ``nodes``.
+    """
+
+    def one(node: Node) -> Outcome[T]:
+        remote = None
+        try:
+            remote = connector(inv, node)
+            return Outcome(node=node, value=work(remote))
+        except HardwayError as exc:
+            msg = str(exc)
+            return Outcome(node=node, error=msg if msg.startswith(node.name) else f"{node.name}: {msg}")
+        except Exception as exc:  # a bug or an unexpected library error: still report every node
+            return Outcome(node=node, error=f"{node.name}: {type(exc).__name__}: {exc}")
+        finally:
+            if remote is not None:
+                remote.close()
+
+    if not nodes:
+        return []
+    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+        return list(pool.map(one, nodes))
+
+
+class Progress:
+    """Thread-safe per-node progress lines, e.g. ``[controller-1] start etcd``."""
+
+    def __init__(self, sink: Callable[[str], None] = print) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self.lines: list[str] = []
+
+    def __call__(self, node: Node | str, message: str) -> None:
+        line = f"[{getattr(node, 'name', node)}] {message}"
+        with self._lock:
+            self.lines.append(line)
+            self._sink(line)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def remote_hashes(remote: Remote, paths: Iterable[str]) -> dict[str, str | None]:
+    """sha256 of each path on the node (None where missing), in one command."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    out = remote.run(
+        "sha256sum -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"
+    ).stdout
+    found: dict[str, str | None] = dict.fromkeys(paths)
+    for line in out.splitlines():
+        digest, _, name = line.partition("  ")
+        if name in found:
+            found[name] = digest
+    return found
+
+
+def remote_modes(remote: Remote, paths: Iterable[str]) -> dict[str, tuple[int, str, str] | None]:
+    """(mode, owner, group) of each path on the node, None where missing."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    out = remote.run(
+        "stat -c '%a %U %G %n' -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"
+    ).stdout
+    found: dict[str, tuple[int, str, str] | None] = dict.fromkeys(paths)
+    for line in out.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[3] in found:
+            found[parts[3]] = (int(parts[0], 8), parts[1], parts[2])
+    return found
+
+
+def install(remote: Remote, files: Sequence[File]) -> list[File]:
+    """Write the files whose sha256 differs on the node, atomically; return those written.
+
+    Each changed file is uploaded to a private temp dir, then ``install -m -o -g`` puts it next to
+    its target and ``mv`` renames it over the target, so a reader never sees half a file. Files
+    whose content matches but whose mode/owner drifted are fixed in place with chmod/chown.
+    """
+    hashes = remote_hashes(remote, (f.path for f in files))
+    changed = [f for f in files if hashes.get(f.path) != f.sha256]
+    modes = remote_modes(remote, (f.path for f in files if f not in changed))
+    fix_modes = [f for f in files if f not in changed and modes.get(f.path) != (f.mode, f.owner, f.group)]
+    script: list[str] = []
+    if changed:
+        tmp = remote.run("umask 077 && mktemp -d /tmp/hardway.XXXXXXXX").stdout.strip()
+        try:
+            for i, f in enumerate(changed):
+                remote.upload(f.data(), f"{tmp}/{i}")
+            dirs = sorted({f.path.rsplit("/", 1)[0] or "/" for f in changed})
+            script.append("install -d -m 0755 -- " + " ".join(shlex.quote(d) for d in dirs))
+            for i, f in enumerate(changed):
+                staged = shlex.quote(f"{f.path}.hardway-new")
+                script.append(
+                    f"install -m {f.mode:04o} -o {shlex.quote(f.owner)} -g {shlex.quote(f.group)} "
+                    f"{tmp}/{i} {staged}"
+                )
+                script.append(f"mv -f {staged} {shlex.quote(f.path)}")
+            remote.run("set -e; " + "; ".join(script))
+        finally:
+            remote.run(f"rm -rf {shlex.quote(tmp)}", check=False)
+    if fix_modes:
+        remote.run("set -e; " + "; ".join(
+            f"chown {shlex.quote(f.owner)}:{shlex.quote(f.group)} {shlex.quote(f.path)}; "
+            f"chmod {f.mode:04o} {shlex.quote(f.path)}" for f in fix_modes))
+    return changed + fix_modes
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+
+def systemctl(remote: Remote, verb: str, *units: str, check: bool = True, timeout: int | None = None) -> Result:
+    return remote.run(" ".join(["systemctl", verb, *map(shlex.quote, units)]), check=check, timeout=timeout)
+
+
+def unit_state(remote: Remote, unit: str) -> str:
+    """`systemctl is-active` of a unit: active, inactive, failed, activating, ..."""
+    return systemctl(remote, "is-active", unit, check=False).stdout.strip() or "unknown"
+
+
+def unit_property(remote: Remote, unit: str, prop: str) -> str:
+    return remote.run(f"systemctl show --timestamp=unix -p {prop} --value {shlex.quote(unit)}").stdout.strip()
