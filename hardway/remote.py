@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import shlex
-import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +110,7 @@ class SSHRemote:
                     "hosts are refused"
                 ) from None
             raise RemoteError(f"{where}: SSH failed: {exc}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise RemoteError(f"{where}: unreachable (no answer within {ssh.connect_timeout}s)") from None
         except OSError as exc:
             raise RemoteError(f"{where}: unreachable ({exc.strerror or exc})") from None
