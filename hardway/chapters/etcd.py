@@ -577,13 +577,13 @@ def judge_cluster(inv: Inventory, facts: dict[str, MemberFacts]) -> list[Result]
 
 def client_auth_results(inv: Inventory, state: PkiState) -> list[Result]:
     """A client without a certificate, and one with a certificate from another CA, must be refused."""
-    from hardway import pki
+    from hardway.chapters.certificates import throwaway_client
 
     res: list[Result] = []
     node = inv.controllers[0]
     host, port = str(node.address), 2379
     with tempfile.TemporaryDirectory(prefix="hardway-authcheck-") as tmp:
-        foreign_cert, foreign_key = pki.throwaway_client(Path(tmp), inv.key_algorithm)
+        foreign_cert, foreign_key = throwaway_client(Path(tmp), inv.key_algorithm)
         for label, cert in (("no client certificate", None), ("a certificate from another CA",
                                                                (foreign_cert, foreign_key))):
             outcome = _tls_request(host, port, state.cert("ca"), cert)

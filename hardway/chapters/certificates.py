@@ -1,0 +1,53 @@
+"""Chapter certificates: the PKI on the jumpbox, checked without touching any node."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hardway import pki
+from hardway.checks import FAIL, OK, Check, Result
+from hardway.inventory import Inventory
+from hardway.state import PkiState
+
+CHAPTER = "pki"
+
+
+def results(inv: Inventory, state: PkiState) -> list[Result]:
+    out = []
+    for s in pki.check(inv, state):
+        if s.ok:
+            days = s.residual.days if s.residual else 0
+            out.append(Result(CHAPTER, "certificate", s.name, OK, f"valid, {days}d left"))
+        else:
+            out.append(Result(CHAPTER, "certificate", s.name, FAIL, "; ".join(s.reasons),
+                              "run `invoke pki` to issue/reissue it, then push it (`invoke rotate-certs`)"))
+    return out
+
+
+def checks(inv: Inventory, state: PkiState) -> list[Check]:
+    return [Check(CHAPTER, "certificates", "every certificate present, valid and matching the inventory",
+                  lambda: results(inv, state))]
+
+
+def throwaway_client(directory: Path, algorithm: str) -> tuple[Path, Path]:
+    """A client certificate signed by a fresh, unrelated CA: what a cluster must refuse."""
+    now = datetime.now(UTC)
+    ca_key, key = pki.new_key(algorithm), pki.new_key(algorithm)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hardway-foreign-ca")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hardway-foreign-client")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "foreign-client.crt", directory / "foreign-client.key"
+    pki.write_atomic(key_path, pki.key_pem(key), 0o600)
+    pki.write_atomic(cert_path, pki.cert_pem(cert), 0o644)
+    return cert_path, key_path
