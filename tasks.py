@@ -60,10 +60,249 @@ ns = Collection()
 
 # --- pki: certificates, kubeconfigs, encryption config (owner: PKI) -------------------------
 
+PKI_HELP = {
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "renew-within-days": "reissue certificates expiring within N days (default: the inventory's "
+                         "pki.renew_within_days)",
+}
+
+
+def _renew_within(inv, days: str | None):  # -> datetime.timedelta
+    from datetime import timedelta
+
+    if days is None:
+        return timedelta(days=inv.renew_within_days)
+    if not str(days).isdigit():
+        raise HardwayError(f"--renew-within-days: {days!r} is not a whole number of days")
+    return timedelta(days=int(days))
+
+
+@task(auto_shortflags=False, help={
+    **PKI_HELP,
+    "rotate-ca": "replace the CA itself; every certificate is then reissued and must be redistributed "
+                 "to every node",
+})
+@user_errors
+def pki_generate(c, inventory=None, pki_dir=None, rotate_ca=False, renew_within_days=None):
+    """Issue/keep certificates, then write kubeconfigs and the encryption config (idempotent)."""
+    from hardway import encryption, kubeconfig
+    from hardway import pki as pki_lib
+
+    inv = load_inventory(inventory)
+    state = pki_state(inv, pki_dir)
+    if rotate_ca:
+        print("warning: --rotate-ca issues a new CA: every certificate and kubeconfig is reissued and must "
+              "be redistributed to every node (the old ones stop being trusted)", file=sys.stderr)
+    outcomes = pki_lib.ensure_certificates(inv, state, rotate_ca=rotate_ca,
+                                           renew_within=_renew_within(inv, renew_within_days))
+    outcomes += kubeconfig.ensure_kubeconfigs(inv, state)
+    outcomes.append(encryption.ensure_encryption_config(inv, state))
+    print(pki_lib.format_outcomes(outcomes))
+    print(f"PKI state: {state.root}")
+
+
+@task(auto_shortflags=False, help=PKI_HELP)
+@user_errors
+def pki_check(c, inventory=None, pki_dir=None, renew_within_days=None):
+    """Table of every certificate's expiry and drift; exit 1 if any is missing, drifted or expiring."""
+    from hardway import pki as pki_lib
+
+    inv = load_inventory(inventory)
+    statuses = pki_lib.check(inv, pki_state(inv, pki_dir), renew_within=_renew_within(inv, renew_within_days))
+    print(pki_lib.format_check_table(statuses))
+    if pki_lib.has_problems(statuses):
+        raise Exit("pki.check: some certificates are missing, drifted or expiring; run invoke pki", code=1)
+
+
+pki = Collection("pki")
+pki.add_task(pki_generate, name="generate", default=True)
+pki.add_task(pki_check, name="check")
+ns.add_collection(pki)
+
 # --- render: units and configs per node (owner: render) ------------------------------------
+
+
+@task(name="render", auto_shortflags=False, help={
+    "node": "render only this node (default: every node)",
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "out": "output directory (default: build/<cluster name>)",
+})
+@user_errors
+def render_build(c, node=None, inventory=None, pki_dir=None, out=None):
+    """Write every file each node receives to build/<cluster>/<node>/ plus manifest.json; lint the units."""
+    from hardway import render as render_lib
+
+    inv = load_inventory(inventory)
+    out_dir = Path(out) if out else ROOT / "build" / inv.cluster_name
+    # CACHE_DIR (bootstrap section): where fetched binaries live, so the manifest lists them.
+    written = render_lib.write_build(inv, pki_state(inv, pki_dir), out_dir, node, cache_dir=CACHE_DIR)
+    for name in [node] if node else [n.name for n in inv.nodes]:
+        node_dir = out_dir / name
+        files = [p for p in written if node_dir in p.parents and p.name != "manifest.json"]
+        size = sum(p.stat().st_size for p in files)
+        print(f"{name}: {len(files)} files, {size} bytes, manifest {node_dir / 'manifest.json'}")
+    units = [p for p in written if p.suffix == ".service" and p.parent.match("etc/systemd/system")]
+    problems = render_lib.lint_units(units)
+    if problems:
+        raise Exit("render: systemd-analyze verify rejects rendered units:\n  " + "\n  ".join(problems), code=1)
+    print(f"{len(units)} units pass systemd-analyze verify")
+
+
+ns.add_task(render_build)
 
 # --- lab: the local lab of systemd machines (owner: lab) -----------------------------------
 
+LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventory/lab.yaml)"
+
+
+@task(name="up", auto_shortflags=False, help={
+    "nodes": "number of controllers (default 3)",
+    "workers": "number of workers (default 2)",
+    "name": LAB_NAME_HELP,
+    "subnet": "the lab's IPv4 subnet (default 10.77.0.0/24; another lab needs another one)",
+    "timeout": "seconds to wait for every node to be SSH-ready (default: 60 + 10 per node)",
+})
+@user_errors
+def lab_up(c, nodes=3, workers=2, name="lab", subnet=None, timeout=0):
+    """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
+    from hardway import lab
+
+    copy = ROOT / "inventory" / "lab.yaml" if name == lab.DEFAULT_NAME else None
+    lab.up(name, int(nodes), int(workers), subnet, inventory_copy=copy, timeout=float(timeout) or None)
+
+
+@task(name="down", auto_shortflags=False, help={"name": LAB_NAME_HELP})
+@user_errors
+def lab_down(c, name="lab"):
+    """Remove the lab: machines, mounts, network namespaces, links and state (also a crashed run's)."""
+    from hardway import lab
+
+    lab.down(name)
+
+
+@task(name="status", auto_shortflags=False, help={"name": LAB_NAME_HELP})
+@user_errors
+def lab_status(c, name="lab"):
+    """Table of the lab's nodes: address, roles, machine, systemd state, SSH; exit 1 if any is not ok."""
+    from hardway import lab
+
+    rows = lab.status(name)
+    print(lab.format_status(rows))
+    if any(r.systemd != "running" or r.ssh != "ok" for r in rows):
+        raise Exit(f"lab.status: some nodes of lab {name} are not running or not reachable", code=1)
+
+
+lab_ns = Collection("lab")
+lab_ns.add_task(lab_up, name="up")
+lab_ns.add_task(lab_down, name="down")
+lab_ns.add_task(lab_status, name="status")
+ns.add_collection(lab_ns)
+
 # --- bootstrap and verify (owner: etcd chapter) --------------------------------------------
 
+CACHE_DIR = ROOT / "build" / "cache"
+
+
+@task(name="bootstrap-etcd", auto_shortflags=False, help={
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "timeout": "seconds to wait for every member to become healthy (default 90)",
+})
+@user_errors
+def bootstrap_etcd(c, inventory=None, pki_dir=None, timeout=90):
+    """Preflight, push and start a TLS etcd member on every controller, then verify the cluster."""
+    from hardway import binaries, checks
+    from hardway.chapters import etcd
+
+    inv = load_inventory(inventory)
+    for name in ("etcd", "etcdctl"):
+        if name in inv.binaries:
+            binaries.fetch(inv.binaries[name], CACHE_DIR)
+    report = etcd.bootstrap(inv, pki_state(inv, pki_dir), cache_dir=CACHE_DIR, timeout=float(timeout))
+    print(checks.format_table(report.results))
+    print(f"{report.summary()} ({report.seconds:.1f}s)")
+    if checks.failed(report.results):
+        raise Exit("bootstrap-etcd: the cluster is up but some checks failed (see hints above)", code=1)
+
+
+VERIFY_CHAPTERS = ("pki", "etcd")
+
+
+@task(auto_shortflags=False, help={
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "chapter": f"one chapter to verify: {', '.join(VERIFY_CHAPTERS)} (default: all)",
+    "json": "print the results as JSON",
+})
+@user_errors
+def verify(c, inventory=None, pki_dir=None, chapter=None, json=False):
+    """Run the chapters' checks; exit 0 only if none failed."""
+    from hardway import checks
+    from hardway.chapters import certificates, etcd
+
+    if chapter is not None and chapter not in VERIFY_CHAPTERS:
+        raise HardwayError(f"--chapter: {chapter!r} is not one of: {', '.join(VERIFY_CHAPTERS)}")
+    inv = load_inventory(inventory)
+    state = pki_state(inv, pki_dir)
+    selected: list = []
+    if chapter in (None, "pki"):
+        selected += certificates.checks(inv, state)
+    if chapter in (None, "etcd"):
+        selected += etcd.checks(inv, state, cache_dir=CACHE_DIR)
+    results = checks.run_checks(selected)
+    print(checks.to_json(results) if json else checks.format_table(results))
+    if checks.failed(results):
+        raise Exit(None if json else "verify: some checks failed (see the hints above)", code=1)
+
+
+ns.add_task(bootstrap_etcd)
+ns.add_task(verify)
+
 # --- rotate-certs (owner: rotation) --------------------------------------------------------
+
+
+def _days(value, flag: str) -> int:
+    text = str(value).strip().lower().removesuffix("d")
+    if not text.isdigit():
+        raise HardwayError(f"{flag}: {value!r} is not a number of days such as 30d")
+    return int(text)
+
+
+@task(name="rotate-certs", auto_shortflags=False, help={
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "dry-run": "print the plan (what is reissued and why, which files go where, restart order) and change nothing",
+    "expiring-within": "also renew certificates that expire within this window, e.g. 30d "
+                       "(default: the inventory's pki.renew_within_days)",
+    "timeout": "seconds to wait for each restarted service (default 90)",
+})
+@user_errors
+def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within=None, timeout=90):
+    """After an address or SAN change in the inventory: reissue exactly what it affects, push, restart rolling."""
+    from datetime import timedelta
+
+    from hardway import checks, rotate
+    from hardway.chapters import certificates, etcd
+
+    inv = load_inventory(inventory)
+    state = pki_state(inv, pki_dir)
+    window = timedelta(days=_days(expiring_within, "--expiring-within")) if expiring_within else None
+    if dry_run:
+        print(rotate.plan_rotation(inv, state, renew_within=window, cache_dir=CACHE_DIR).format())
+        print("dry run: nothing was changed")
+        return
+    report = rotate.rotate(inv, state, renew_within=window, cache_dir=CACHE_DIR, timeout=float(timeout))
+    print(report.plan.format())
+    selected = certificates.checks(inv, state)
+    if any(svc == "etcd" for svc, _ in report.restarted) or any(
+            p.startswith("/etc/etcd/") for paths in report.written.values() for p in paths):
+        selected += etcd.checks(inv, state, cache_dir=CACHE_DIR)
+    results = checks.run_checks(selected)
+    print(checks.format_table(results))
+    if checks.failed(results):
+        raise Exit("rotate-certs: rotated, but some checks failed (see hints above)", code=1)
+
+
+ns.add_task(rotate_certs)

@@ -299,3 +299,30 @@ def unit_state(remote: Remote, unit: str) -> str:
 
 def unit_property(remote: Remote, unit: str, prop: str) -> str:
     return remote.run(f"systemctl show --timestamp=unix -p {prop} --value {shlex.quote(unit)}").stdout.strip()
+
+
+def stale_services(remote: Remote, files: Sequence[File]) -> set[str]:
+    """Active services started before one of their files last changed on the node.
+
+    This is what makes an interrupted push converge: a re-run writes nothing new, yet still
+    restarts a service that never picked up the files an earlier run installed.
+    """
+    services = sorted({s for f in files for s in f.services})
+    if not services:
+        return set()
+    paths = [f.path for f in files if f.services]
+    mtimes: dict[str, int] = {}
+    for line in remote.run("stat -c '%Y %n' -- " + " ".join(shlex.quote(p) for p in paths)
+                           + " 2>/dev/null; true").stdout.splitlines():
+        stamp, _, name = line.partition(" ")
+        if stamp.isdigit():
+            mtimes[name] = int(stamp)
+    stale: set[str] = set()
+    for service in services:
+        if unit_state(remote, service) != "active":
+            continue
+        started = unit_property(remote, service, "ActiveEnterTimestamp").lstrip("@")
+        newest = max((mtimes.get(f.path, 0) for f in files if service in f.services), default=0)
+        if started.isdigit() and newest > int(started):
+            stale.add(service)
+    return stale

@@ -336,31 +336,35 @@ def bootstrap(
         raise HardwayError(f"push failed on {broken[0].error}; pushed to: {done}; etcd was not started — fix "
                            "and re-run (it converges)")
 
-    started, restarted = start_members(inv, written, connector=connector, progress=progress, timeout=timeout)
+    started, restarted = start_members(inv, written, files=files, connector=connector, progress=progress,
+                                       timeout=timeout)
     results = verify(inv, state, cache_dir=cache_dir, connector=connector)
     return BootstrapReport(findings, written, restarted, started, results, time.monotonic() - t0)
 
 
 def start_members(
-    inv: Inventory, written: dict[str, list[str]], *, connector: Connector = remote.connect,
-    progress: Progress | None = None, timeout: float = 90.0,
+    inv: Inventory, written: dict[str, list[str]], *, files: dict[str, list[File]] | None = None,
+    connector: Connector = remote.connect, progress: Progress | None = None, timeout: float = 90.0,
 ) -> tuple[list[str], list[str]]:
     """Start stopped members together; restart changed running members one at a time. Returns names."""
     progress = progress or Progress()
 
-    def prepare(r: Remote) -> str:
+    def prepare(r: Remote) -> tuple[str, bool]:
         paths = written.get(r.node.name, [])
         if UNIT_PATH in paths:
             remote.systemctl(r, "daemon-reload")
         remote.systemctl(r, "enable", "--quiet", UNIT)
-        return remote.unit_state(r, UNIT)
+        state = remote.unit_state(r, UNIT)
+        # restart when this run changed its files, or an interrupted earlier run did
+        stale = bool(paths) or (files is not None and UNIT in remote.stale_services(r, files[r.node.name]))
+        return state, stale
 
     states = remote.fan_out(inv, inv.controllers, prepare, connector=connector)
     bad = [o for o in states if not o.ok]
     if bad:
         raise HardwayError(f"cannot manage the etcd unit: {bad[0].error}")
-    to_start = [o.node for o in states if o.value != "active"]
-    to_restart = [o.node for o in states if o.value == "active" and written.get(o.node.name)]
+    to_start = [o.node for o in states if o.value and o.value[0] != "active"]
+    to_restart = [o.node for o in states if o.value and o.value[0] == "active" and o.value[1]]
 
     if to_start:
         # Type=notify: `start` blocks until quorum, so every stopped member starts at once.
