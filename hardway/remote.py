@@ -152,6 +152,57 @@ def connect(inv: Inventory, node: Node) -> Remote:
 Connector = Callable[[Inventory, Node], Remote]
 
 
+class _Borrowed:
+    """A pooled Remote whose close() returns it to the pool instead of closing it."""
+
+    def __init__(self, inner: Remote) -> None:
+        self._inner = inner
+        self.node = inner.node
+
+    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> Result:
+        return self._inner.run(command, check=check, timeout=timeout)
+
+    def upload(self, data: bytes, remote_path: str) -> None:
+        self._inner.upload(data, remote_path)
+
+    def close(self) -> None:
+        pass
+
+
+class Pool:
+    """A Connector that keeps one connection per node for the length of a task.
+
+    A login costs ~0.5 s; bootstrap's phases (preflight, push, start, wait, verify) reuse it.
+    fan_out gives each node its own thread, so a pooled connection is never shared between threads.
+    """
+
+    def __init__(self, connector: Connector = connect) -> None:
+        self._connector = connector
+        self._open: dict[str, Remote] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, inv: Inventory, node: Node) -> Remote:
+        with self._lock:
+            existing = self._open.get(node.name)
+        if existing is None:
+            existing = self._connector(inv, node)
+            with self._lock:
+                self._open[node.name] = existing
+        return _Borrowed(existing)
+
+    def close(self) -> None:
+        with self._lock:
+            remotes, self._open = list(self._open.values()), {}
+        for r in remotes:
+            r.close()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --- parallel fan-out ------------------------------------------------------------------------
 
 
@@ -217,14 +268,11 @@ class Progress:
 # --- files -----------------------------------------------------------------------------------
 
 
-def remote_hashes(remote: Remote, paths: Iterable[str]) -> dict[str, str | None]:
-    """sha256 of each path on the node (None where missing), in one command."""
-    paths = list(paths)
-    if not paths:
-        return {}
-    out = remote.run(
-        "sha256sum -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"
-    ).stdout
+def hashes_command(paths: Sequence[str]) -> str:
+    return "sha256sum -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"
+
+
+def parse_hashes(out: str, paths: Iterable[str]) -> dict[str, str | None]:
     found: dict[str, str | None] = dict.fromkeys(paths)
     for line in out.splitlines():
         digest, _, name = line.partition("  ")
@@ -233,20 +281,61 @@ def remote_hashes(remote: Remote, paths: Iterable[str]) -> dict[str, str | None]
     return found
 
 
-def remote_modes(remote: Remote, paths: Iterable[str]) -> dict[str, tuple[int, str, str] | None]:
-    """(mode, owner, group) of each path on the node, None where missing."""
-    paths = list(paths)
-    if not paths:
-        return {}
-    out = remote.run(
-        "stat -c '%a %U %G %n' -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"
-    ).stdout
+def modes_command(paths: Sequence[str]) -> str:
+    return "stat -c '%a %U %G %n' -- " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null; true"
+
+
+def parse_modes(out: str, paths: Iterable[str]) -> dict[str, tuple[int, str, str] | None]:
     found: dict[str, tuple[int, str, str] | None] = dict.fromkeys(paths)
     for line in out.splitlines():
         parts = line.split(" ", 3)
         if len(parts) == 4 and parts[3] in found:
             found[parts[3]] = (int(parts[0], 8), parts[1], parts[2])
     return found
+
+
+def remote_hashes(remote: Remote, paths: Iterable[str]) -> dict[str, str | None]:
+    """sha256 of each path on the node (None where missing), in one command."""
+    paths = list(paths)
+    return parse_hashes(remote.run(hashes_command(paths)).stdout, paths) if paths else {}
+
+
+def remote_modes(remote: Remote, paths: Iterable[str]) -> dict[str, tuple[int, str, str] | None]:
+    """(mode, owner, group) of each path on the node, None where missing."""
+    paths = list(paths)
+    return parse_modes(remote.run(modes_command(paths)).stdout, paths) if paths else {}
+
+
+_MARK = "@@hardway-section@@"
+
+
+def run_sections(remote: Remote, sections: dict[str, str], timeout: int | None = None) -> dict[str, Result]:
+    """Run several read-only commands in ONE remote exec; each section's output (stderr merged) and code.
+
+    Every exec costs a login session on the node (~0.2 s with PAM/logind), so facts are gathered
+    in one round trip per node instead of one per question.
+    """
+    # Each section runs in a subshell so its `exit` ends only itself. The rc marker starts with a
+    # newline so output without a final newline cannot swallow it; the parser takes it back off.
+    script = "; ".join(f"echo '{_MARK} {name}'; ( {cmd.rstrip('; ')}\n) 2>&1; printf '\\n{_MARK} rc %d\\n' $?"
+                       for name, cmd in sections.items())
+    out = remote.run(script, check=False, timeout=timeout).stdout
+    results: dict[str, Result] = {}
+    name, buf = None, []
+    for line in out.splitlines(keepends=True):
+        if line.startswith(_MARK):
+            word = line[len(_MARK):].split()
+            if word and word[0] == "rc" and name is not None:
+                text = "".join(buf).removesuffix("\n")
+                results[name] = Result(sections[name], int(word[1]) if len(word) > 1 else 1, text, "")
+                name, buf = None, []
+            elif word:
+                name, buf = word[0], []
+        elif name is not None:
+            buf.append(line)
+    for missing in sections.keys() - results.keys():
+        results[missing] = Result(sections[missing], 255, "".join(buf) if missing == name else "", "cut off")
+    return results
 
 
 def install(remote: Remote, files: Sequence[File]) -> list[File]:

@@ -163,7 +163,13 @@ def rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None = 
            cache_dir: Path | None = None, connector: Connector = remote.connect,
            progress: Progress | None = None, timeout: float = 90.0) -> RotationReport:
     """Reissue in the real state, push what changed, restart affected services rolling."""
-    progress = progress or Progress()
+    with remote.Pool(connector) as pool:
+        return _rotate(inv, state, renew_within=renew_within, cache_dir=cache_dir, connector=pool,
+                       progress=progress or Progress(), timeout=timeout)
+
+
+def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, cache_dir: Path | None,
+            connector: Connector, progress: Progress, timeout: float) -> RotationReport:
     outcomes = _reissue(inv, state, renew_within)
     nodes = _plan_nodes(inv, state, outcomes, cache_dir=cache_dir, connector=connector, progress=progress)
     the_plan = RotationPlan(outcomes, nodes)

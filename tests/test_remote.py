@@ -132,3 +132,30 @@ def test_sudo_wraps_the_whole_command_in_sh_c(tmp_path: Path) -> None:
     r.conn.run = lambda cmd, **kw: seen.append(cmd) or FakeRun()  # type: ignore[method-assign]
     r.run("a && b")
     assert seen == ["sudo -n sh -c 'a && b'"]
+
+
+class LocalShell:
+    """Runs commands in a real local /bin/sh, to test script building and parsing end to end."""
+
+    node = NODE
+
+    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> remote.Result:
+        import subprocess
+
+        p = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+        return remote.Result(command, p.returncode, p.stdout, p.stderr)
+
+
+def test_run_sections_separates_outputs_and_exit_codes_in_one_exec() -> None:
+    out = remote.run_sections(LocalShell(), {  # type: ignore[arg-type]
+        "plain": "echo one; echo two",
+        "no-newline": "printf abc",  # must not swallow the next marker
+        "stderr": "echo oops >&2; exit 3",
+        "compound": "x=1; if [ $x = 1 ]; then echo yes; fi",
+        "empty": "true",
+    })
+    assert out["plain"].stdout == "one\ntwo\n" and out["plain"].ok
+    assert out["no-newline"].stdout == "abc"
+    assert (out["stderr"].stdout, out["stderr"].exit_code) == ("oops\n", 3)
+    assert out["compound"].stdout == "yes\n"
+    assert out["empty"].stdout == "" and out["empty"].ok

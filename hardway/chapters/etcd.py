@@ -153,30 +153,34 @@ print("%.3f" % (lat[int(len(lat) * 0.99) - 1] * 1000))
 
 
 def gather_preflight(inv: Inventory, r: Remote, fsync_samples: int = 300) -> NodeFacts:
-    facts = NodeFacts(arch=r.run("uname -m").stdout.strip())
-    ss = r.run("ss -Htlnp 2>/dev/null || true").stdout
-    for line in ss.splitlines():
+    """Everything preflight needs from one controller, in one round trip."""
+    data_dir = shlex.quote(inv.etcd.data_dir)
+    parent = shlex.quote(inv.etcd.data_dir.rsplit("/", 1)[0] or "/")
+    out = remote.run_sections(r, {
+        "arch": "uname -m",
+        "listeners": "ss -Htlnp 2>/dev/null || true",
+        "mainpid": f"systemctl show -p MainPID --value {UNIT} 2>/dev/null || echo 0",
+        "entries": f"ls -A {data_dir} 2>/dev/null || true",
+        "wal": f"f=$(ls {data_dir}/member/wal/*.wal 2>/dev/null | head -n 1); "
+               "if [ -n \"$f\" ]; then head -c 4096 \"$f\" | base64 -w0; fi",
+        # measure where the data will live: the data dir if it exists, else its parent
+        "fsync": f"d={data_dir}; [ -d \"$d\" ] || d={parent}; command -v python3 >/dev/null || exit 99; "
+                 f"mkdir -p \"$d\" && python3 -c {shlex.quote(FSYNC_PROBE)} \"$d\" {fsync_samples}",
+    })
+    facts = NodeFacts(arch=out["arch"].stdout.strip())
+    for line in out["listeners"].stdout.splitlines():
         cols = line.split()
         if len(cols) >= 4:
             port = cols[3].rsplit(":", 1)[-1]
             if port in ("2379", "2380"):
                 m = re.search(r'\("([^"]+)",pid=(\d+)', line)
                 facts.listeners[int(port)] = f"{m.group(2)}/{m.group(1)}" if m else "unknown process"
-    facts.etcd_main_pid = r.run(f"systemctl show -p MainPID --value {UNIT} 2>/dev/null || echo 0",
-                                check=False).stdout.strip() or "0"
-    data_dir = shlex.quote(inv.etcd.data_dir)
-    facts.data_dir_entries = r.run(f"ls -A {data_dir} 2>/dev/null || true").stdout.split()
+    facts.etcd_main_pid = out["mainpid"].stdout.strip() or "0"
+    facts.data_dir_entries = out["entries"].stdout.split()
     if "member" in facts.data_dir_entries:
-        head = r.run(f"f=$(ls {data_dir}/member/wal/*.wal 2>/dev/null | head -n 1); "
-                     f"[ -n \"$f\" ] && head -c 4096 \"$f\" | base64 -w0 || true").stdout.strip()
-        facts.wal_head = base64.b64decode(head) if head else b""
-    probe_dir = inv.etcd.data_dir if facts.data_dir_entries else inv.etcd.data_dir.rsplit("/", 1)[0] or "/"
-    has_python = r.run("command -v python3 >/dev/null && echo yes || echo no").stdout.strip() == "yes"
-    if has_python:
-        out = r.run(f"mkdir -p {shlex.quote(probe_dir)} && python3 -c {shlex.quote(FSYNC_PROBE)} "
-                    f"{shlex.quote(probe_dir)} {fsync_samples}", check=False)
-        if out.ok:
-            facts.fsync_p99_ms = float(out.stdout.strip())
+        facts.wal_head = base64.b64decode(out["wal"].stdout.strip() or b"")
+    if out["fsync"].ok:
+        facts.fsync_p99_ms = float(out["fsync"].stdout.strip().splitlines()[-1])
     return facts
 
 
@@ -309,8 +313,14 @@ def bootstrap(
     inv: Inventory, state: PkiState, *, cache_dir: Path | None = None, connector: Connector = remote.connect,
     progress: Progress | None = None, timeout: float = 90.0,
 ) -> BootstrapReport:
+    with remote.Pool(connector) as pool:
+        return _bootstrap(inv, state, cache_dir=cache_dir, connector=pool, progress=progress or Progress(),
+                          timeout=timeout)
+
+
+def _bootstrap(inv: Inventory, state: PkiState, *, cache_dir: Path | None, connector: Connector,
+               progress: Progress, timeout: float) -> BootstrapReport:
     t0 = time.monotonic()
-    progress = progress or Progress()
     files = planned_files(inv, state, cache_dir)
     findings = preflight(inv, files, connector=connector, progress=progress)
     for f in findings:
@@ -441,38 +451,47 @@ class MemberFacts:
 
 
 def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
-    f = MemberFacts()
-    f.active = remote.unit_state(r, UNIT)
-    f.hashes = remote.remote_hashes(r, [x.path for x in files])
-    f.files = remote.remote_modes(r, [x.path for x in files])
-    unit_text = r.run(f"cat {UNIT_PATH} 2>/dev/null || true").stdout
-    paths = sorted({v for tok in _exec_tokens(unit_text) for v in [tok.split("=", 1)[-1]]
-                    if v.startswith("/") and "," not in v})
-    if paths:
-        out = r.run("for p in " + " ".join(map(shlex.quote, paths)) +
-                    "; do [ -e \"$p\" ] && echo \"yes $p\" || echo \"no $p\"; done").stdout
-        f.referenced = {line[3:] if line.startswith("no ") else line[4:]: line.startswith("yes")
-                        for line in out.splitlines()}
-    lint = r.run(f"systemd-analyze verify {UNIT_PATH} 2>&1 >/dev/null", check=False).stdout
-    f.lint = "\n".join(line for line in lint.splitlines() if "etcd" in line)
-    since = remote.unit_property(r, UNIT, "InactiveExitTimestamp") or ""
-    window = f"--since {shlex.quote(since)}" if since.startswith("@") else "-n 300"
-    f.journal = r.run(f"journalctl -u {UNIT} {window} --no-pager -o cat 2>/dev/null | tail -n 2000",
-                      check=False).stdout
-    h = r.run(ctl(inv, r.node, "endpoint health"), check=False, timeout=20)
-    f.healthy, f.health = h.ok, (h.stdout + h.stderr).strip()
-    s = r.run(ctl(inv, r.node, "endpoint status -w json"), check=False, timeout=20)
-    if s.ok:
+    """Everything verify needs from one member, in one round trip (plus one if the unit names extra files)."""
+    paths = [x.path for x in files]
+    out = remote.run_sections(r, {
+        "active": f"systemctl is-active {UNIT}",
+        "hashes": remote.hashes_command(paths),
+        "modes": remote.modes_command(paths),
+        "unit": f"cat {UNIT_PATH}",
+        "lint": f"systemd-analyze verify {UNIT_PATH} 2>&1 >/dev/null",
+        # the journal since the unit last started, so a repaired member is judged afresh
+        "journal": f"s=$(systemctl show --timestamp=unix -p InactiveExitTimestamp --value {UNIT}); "
+                   f"case \"$s\" in @*) w=\"--since $s\";; *) w='-n 300';; esac; "
+                   f"journalctl -u {UNIT} $w --no-pager -o cat | tail -n 2000",
+        "health": ctl(inv, r.node, "endpoint health"),
+        "status": ctl(inv, r.node, "endpoint status -w json"),
+        "members": ctl(inv, r.node, "member list -w json"),
+    }, timeout=60)
+    f = MemberFacts(active=out["active"].stdout.strip() or "unknown")
+    f.hashes = remote.parse_hashes(out["hashes"].stdout, paths)
+    f.files = remote.parse_modes(out["modes"].stdout, paths)
+    f.lint = "\n".join(line for line in out["lint"].stdout.splitlines() if "etcd" in line)
+    f.journal = out["journal"].stdout
+    f.healthy, f.health = out["health"].ok, out["health"].stdout.strip()
+    if out["status"].ok:
         try:
-            f.status = json.loads(s.stdout)[0]["Status"]
+            f.status = json.loads(out["status"].stdout)[0]["Status"]
         except (ValueError, LookupError, TypeError):
             f.status = None
-    m = r.run(ctl(inv, r.node, "member list -w json"), check=False, timeout=20)
-    if m.ok:
+    if out["members"].ok:
         try:
-            f.members = json.loads(m.stdout).get("members", [])
+            f.members = json.loads(out["members"].stdout).get("members", [])
         except ValueError:
             f.members = None
+    unit_text = out["unit"].stdout if out["unit"].ok else ""
+    referenced = sorted({v for tok in _exec_tokens(unit_text) for v in [tok.split("=", 1)[-1]]
+                         if v.startswith("/") and "," not in v} - set(paths))
+    if referenced:
+        found = remote.parse_modes(r.run(remote.modes_command(referenced)).stdout, referenced)
+        f.referenced = {p: found[p] is not None for p in referenced}
+    for p in paths:  # planned files are judged by hashes/modes; record them as referenced-present too
+        if f.files.get(p) is not None:
+            f.referenced.setdefault(p, True)
     return f
 
 
