@@ -56,7 +56,7 @@ SIGNATURES: tuple[tuple[str, str, str], ...] = (
     (r"no such file or directory",
      "a file the unit references is missing on the node",
      "run `invoke bootstrap-etcd` to push the missing file"),
-    (r"Missing '='",
+    (r"Missing '='|Unknown key '--|Ignoring unknown escape sequences",
      "the unit file has a broken line continuation (a hand edit or a mangled heredoc)",
      "run `invoke bootstrap-etcd` to push the rendered unit again; do not hand-edit continuations"),
     (r"status=203/EXEC",
@@ -525,7 +525,7 @@ def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[Fil
         else:
             add("unit-matches-render", OK, f"{UNIT_PATH} equals the rendered unit")
     if facts.lint:
-        add("unit-lint", FAIL, f"systemd says: {facts.lint.splitlines()[0]}",
+        add("unit-lint", FAIL, "systemd says: " + " | ".join(facts.lint.splitlines()[:3]),
             "a broken line continuation or quoting; push the rendered unit (`invoke bootstrap-etcd`)")
     else:
         add("unit-lint", OK, "systemd-analyze verify: no warnings")
