@@ -26,6 +26,13 @@ class FakeFile:
     mode: int = 0o644
     owner: str = "root"
     group: str = "root"
+    mtime: int = 0
+
+
+@dataclass
+class FakeService:
+    active: bool = True
+    started: int = 0  # on the node's clock, like ActiveEnterTimestamp
 
 
 @dataclass
@@ -34,7 +41,14 @@ class FakeNode:
     commands: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     handlers: list[tuple[re.Pattern[str], Handler]] = field(default_factory=list)
+    services: dict[str, FakeService] = field(default_factory=dict)
+    restarts: list[str] = field(default_factory=list)
     unreachable: bool = False
+    clock: int = 1000  # advances on every write or restart
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
 
     def on(self, pattern: str, handler: Handler | str) -> None:
         fn = handler if callable(handler) else (lambda _c, h=handler: h)
@@ -82,8 +96,13 @@ class FakeRemote:
             words = shlex.split(part.split(" 2>/dev/null")[0])[2:]
             return "".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in words if p in fs)
         if part.startswith("stat -c"):
-            words = shlex.split(part.split(" 2>/dev/null")[0])[4:]
-            return "".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {p}\n" for p in words if p in fs)
+            words = shlex.split(part.split(" 2>/dev/null")[0])
+            fmt, paths = words[2], words[4:]
+            if fmt == "%Y %n":
+                return "".join(f"{fs[p].mtime} {p}\n" for p in paths if p in fs)
+            return "".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {p}\n" for p in paths if p in fs)
+        if part.startswith("systemctl"):
+            return self._systemctl(shlex.split(part))
         if part.startswith("umask 077 && mktemp -d"):
             self._tmp += 1
             return f"/tmp/hardway.fake{self._tmp}\n"
@@ -92,7 +111,7 @@ class FakeRemote:
         words = shlex.split(part)
         if words[0] == "install":
             mode, owner, group, src, dst = int(words[2], 8), words[4], words[6], words[7], words[8]
-            fs[dst] = FakeFile(fs[src].data, mode, owner, group)
+            fs[dst] = FakeFile(fs[src].data, mode, owner, group, self.state.tick())
             return ""
         if words[:2] == ["mv", "-f"]:
             fs[words[3]] = fs.pop(words[2])
@@ -111,6 +130,21 @@ class FakeRemote:
         if words[0] == "true":
             return ""
         raise AssertionError(f"the fake has no handler for {part!r}")
+
+    def _systemctl(self, words: list[str]) -> str:
+        verb, unit = words[1], words[-1]
+        services = self.state.services
+        if verb == "is-active":
+            return "active\n" if unit in services and services[unit].active else "inactive\n"
+        if verb == "show" and "ActiveEnterTimestamp" in words:
+            return f"@{services[unit].started}\n" if unit in services else "\n"
+        if verb == "restart":
+            services[unit] = FakeService(True, self.state.tick())
+            self.state.restarts.append(unit)
+            return ""
+        if verb in ("daemon-reload", "enable", "start", "reset-failed"):
+            return ""
+        raise AssertionError(f"the fake has no systemctl {verb}")
 
 
 class FakeCluster:

@@ -34,7 +34,8 @@ def test_install_writes_changed_files_atomically_with_mode_and_owner() -> None:
     written = remote.install(r, files())
     assert [f.path for f in written] == [f.path for f in files()]
     fs = cluster[NODE.name].files
-    assert fs["/etc/etcd/etcd.key"] == FakeFile(b"secret\n", 0o600, "root", "root")
+    key = fs["/etc/etcd/etcd.key"]
+    assert (key.data, key.mode, key.owner, key.group) == (b"secret\n", 0o600, "root", "root")
     script = next(c for c in cluster[NODE.name].commands if c.startswith("set -e; install -d"))
     # staged next to the target by `install -m`, then renamed over it: never half a file
     assert "install -m 0600 -o root -g root /tmp/hardway.fake1/1 /etc/etcd/etcd.key.hardway-new" in script

@@ -1,0 +1,158 @@
+"""rotate-certs planning and its error paths over the recording fake; the lab test is test_rotate_lab.py."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from hardway import encryption, inventory, kubeconfig, pki, plan, remote, rotate
+from hardway.errors import HardwayError
+from hardway.remote import Progress
+from hardway.state import PkiState
+from tests.fakes import FakeCluster, FakeService
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = (ROOT / "inventory" / "sample.yaml").read_text()
+QUIET = Progress(sink=lambda _line: None)
+OLD, NEW = "10.240.0.100", "10.240.0.200"
+
+
+def moved(text: str = SAMPLE) -> inventory.Inventory:
+    assert f"address: {OLD}" in text
+    return inventory.parse(text.replace(f"address: {OLD}", f"address: {NEW}"), "moved.yaml")
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def deployed(tmp_path: Path) -> tuple[inventory.Inventory, PkiState, FakeCluster]:
+    """The sample cluster with every planned file on its nodes and every service running."""
+    inv = inventory.parse(SAMPLE, "sample.yaml")
+    state = PkiState(tmp_path / "pki")
+    pki.ensure_certificates(inv, state)
+    kubeconfig.ensure_kubeconfigs(inv, state)
+    encryption.ensure_encryption_config(inv, state)
+    cluster = FakeCluster()
+    for node in inv.nodes:
+        files = plan.node_files(inv, node, state)
+        remote.install(cluster.connector(inv, node), files)
+        fake = cluster[node.name]
+        fake.services = {s: FakeService(True, fake.tick()) for f in files for s in f.services}
+        fake.commands.clear()
+    return inv, state, cluster
+
+
+def test_dry_run_changes_nothing_and_names_what_and_why(deployed) -> None:
+    inv, state, cluster = deployed
+    before = snapshot(state.root)
+    node_files = {n: dict(f.files) for n, f in cluster.nodes.items()}
+    the_plan = rotate.plan_rotation(moved(), state, connector=cluster.connector, progress=QUIET)
+    assert snapshot(state.root) == before, "a dry run must not touch the PKI state"
+    assert {n: dict(f.files) for n, f in cluster.nodes.items()} == node_files, "nor any node"
+    changed = {(o.kind, o.name): o for o in the_plan.changed_outcomes}
+    assert set(changed) == {("cert", "kube-apiserver"), ("kubeconfig", "admin"), ("kubeconfig", "kube-proxy"),
+                            ("kubeconfig", "kubelet-worker-0"), ("kubeconfig", "kubelet-worker-1")}
+    assert f"SAN added: IP {NEW}" in changed[("cert", "kube-apiserver")].reasons
+    assert f"SAN removed: IP {OLD}" in changed[("cert", "kube-apiserver")].reasons
+    text = the_plan.format()
+    assert "kept      " in text and "ca" in text.split("kept      ", 1)[1]
+    by_node = {n.node.name: n for n in the_plan.nodes}
+    why = {c.path: c.why for c in by_node["controller-0"].changes}
+    assert sorted(why) == ["/etc/kubernetes/pki/kube-apiserver.crt", "/etc/systemd/system/kube-apiserver.service"]
+    assert why["/etc/kubernetes/pki/kube-apiserver.crt"].startswith("cert kube-apiserver reissued: SAN added")
+    # the unit embeds the endpoint (--service-account-issuer)
+    assert why["/etc/systemd/system/kube-apiserver.service"] == "rendered from the inventory: content changed"
+    assert sorted(c.path for c in by_node["worker-0"].changes) == ["/var/lib/kube-proxy/kubeconfig",
+                                                                   "/var/lib/kubelet/kubeconfig"]
+    assert rotate.restart_sequence(the_plan.nodes) == [
+        ("kube-apiserver", "controller-0"), ("kube-apiserver", "controller-1"), ("kube-apiserver", "controller-2"),
+        ("kubelet", "worker-0"), ("kubelet", "worker-1"), ("kube-proxy", "worker-0"), ("kube-proxy", "worker-1")]
+
+
+def test_real_run_matches_the_dry_run_file_for_file(deployed) -> None:
+    inv, state, cluster = deployed
+    new_inv = moved()
+    dry = rotate.plan_rotation(new_inv, state, connector=cluster.connector, progress=QUIET)
+    ca_before = state.cert("ca").read_bytes()
+    report = rotate.rotate(new_inv, state, connector=cluster.connector, progress=QUIET)
+    written = {(node, path) for node, paths in report.written.items() for path in paths}
+    assert written == dry.file_set()
+    assert [(s, n) for s, n in report.restarted] == rotate.restart_sequence(dry.nodes)
+    assert state.cert("ca").read_bytes() == ca_before
+    # what landed is what the plan now says, everywhere
+    for node in new_inv.nodes:
+        for f in plan.node_files(new_inv, node, state):
+            assert cluster[node.name].files[f.path].data == f.data(), (node.name, f.path)
+
+
+def test_old_address_disappears_from_every_san_and_server_url(deployed) -> None:
+    inv, state, cluster = deployed
+    rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
+    old = ipaddress.ip_address(OLD)
+    for cert_path in state.root.glob("*.crt"):
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            continue
+        assert old not in sans.get_values_for_type(x509.IPAddress), cert_path.name
+    for kc in (state.root / "kubeconfigs").glob("*.kubeconfig"):
+        assert OLD not in kc.read_text(), kc.name
+        server = yaml.safe_load(kc.read_text())["clusters"][0]["cluster"]["server"]
+        assert server in (f"https://{NEW}:6443", "https://127.0.0.1:6443")
+        assert base64.b64decode(yaml.safe_load(kc.read_text())["clusters"][0]["cluster"][
+            "certificate-authority-data"]) == state.cert("ca").read_bytes()
+
+
+def test_second_run_is_a_no_op(deployed) -> None:
+    inv, state, cluster = deployed
+    rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
+    again = rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
+    assert again.written == {} and again.restarted == []
+    assert again.plan.changed_outcomes == []
+
+
+def test_interrupted_run_converges(deployed) -> None:
+    inv, state, cluster = deployed
+    cluster["worker-1"].unreachable = True
+    with pytest.raises(HardwayError, match="cannot inspect worker-1"):
+        rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
+    cluster["worker-1"].unreachable = False
+    report = rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
+    assert set(report.written) == {"controller-0", "controller-1", "controller-2", "worker-0", "worker-1"}
+    # files pushed by a run whose restarts never happened are picked up by the next run
+    cluster["worker-0"].services["kubelet"].started = 0
+    fix = rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
+    assert fix.written == {} and fix.restarted == [("kubelet", "worker-0")]
+
+
+def test_extra_sans_go_through_the_same_path(deployed) -> None:
+    inv, state, cluster = deployed
+    text = SAMPLE.replace("kube-apiserver: [api.hardway.lan]", "kube-apiserver: [api.hardway.lan]\n    etcd: [etcd.lan]")
+    the_plan = rotate.plan_rotation(inventory.parse(text, "x.yaml"), state, connector=cluster.connector,
+                                    progress=QUIET)
+    assert {o.name for o in the_plan.changed_outcomes} == {"etcd-controller-0", "etcd-controller-1",
+                                                           "etcd-controller-2"}
+    assert rotate.restart_sequence(the_plan.nodes) == [("etcd", "controller-0"), ("etcd", "controller-1"),
+                                                       ("etcd", "controller-2")]
+    for n in the_plan.nodes:
+        assert [c.path for c in n.changes] == (["/etc/etcd/etcd.crt"] if n.node.is_controller else [])
+
+
+def test_expiring_certificates_are_renewed_the_same_way(deployed) -> None:
+    from datetime import timedelta
+
+    inv, state, cluster = deployed
+    the_plan = rotate.plan_rotation(inv, state, renew_within=timedelta(days=400), connector=cluster.connector,
+                                    progress=QUIET)
+    reissued = [o for o in the_plan.changed_outcomes if o.kind == "cert"]
+    assert len(reissued) == len(pki.catalogue(inv)) - 1  # everything but the CA, which is never silently replaced
+    assert all(any("expires" in r for r in o.reasons) for o in reissued)
