@@ -74,7 +74,8 @@ class RotationPlan:
             lines.append(f"  {n.node.name}: push {len(n.changes)} file(s)")
             lines.extend(f"    {c.path}  ({c.why})" for c in n.changes)
             if n.undeployed:
-                lines.append(f"    ({n.undeployed} planned file(s) not deployed there: chapter not bootstrapped; left)")
+                lines.append(f"    ({n.undeployed} planned file(s) not deployed there: chapter not "
+                             "bootstrapped; left alone)")
         order = restart_sequence(self.nodes)
         lines.append("Restarts (one at a time, each healthy before the next):")
         lines.extend(f"  {i}. {svc} on {node}" for i, (svc, node) in enumerate(order, 1))

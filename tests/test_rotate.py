@@ -51,7 +51,7 @@ def deployed(tmp_path: Path) -> tuple[inventory.Inventory, PkiState, FakeCluster
 
 
 def test_dry_run_changes_nothing_and_names_what_and_why(deployed) -> None:
-    inv, state, cluster = deployed
+    _inv, state, cluster = deployed
     before = snapshot(state.root)
     node_files = {n: dict(f.files) for n, f in cluster.nodes.items()}
     the_plan = rotate.plan_rotation(moved(), state, connector=cluster.connector, progress=QUIET)
@@ -78,7 +78,7 @@ def test_dry_run_changes_nothing_and_names_what_and_why(deployed) -> None:
 
 
 def test_real_run_matches_the_dry_run_file_for_file(deployed) -> None:
-    inv, state, cluster = deployed
+    _inv, state, cluster = deployed
     new_inv = moved()
     dry = rotate.plan_rotation(new_inv, state, connector=cluster.connector, progress=QUIET)
     ca_before = state.cert("ca").read_bytes()
@@ -94,7 +94,7 @@ def test_real_run_matches_the_dry_run_file_for_file(deployed) -> None:
 
 
 def test_old_address_disappears_from_every_san_and_server_url(deployed) -> None:
-    inv, state, cluster = deployed
+    _inv, state, cluster = deployed
     rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
     old = ipaddress.ip_address(OLD)
     for cert_path in state.root.glob("*.crt"):
@@ -113,7 +113,7 @@ def test_old_address_disappears_from_every_san_and_server_url(deployed) -> None:
 
 
 def test_second_run_is_a_no_op(deployed) -> None:
-    inv, state, cluster = deployed
+    _inv, state, cluster = deployed
     rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
     again = rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
     assert again.written == {} and again.restarted == []
@@ -121,7 +121,7 @@ def test_second_run_is_a_no_op(deployed) -> None:
 
 
 def test_interrupted_run_converges(deployed) -> None:
-    inv, state, cluster = deployed
+    _inv, state, cluster = deployed
     cluster["worker-1"].unreachable = True
     with pytest.raises(HardwayError, match="cannot inspect worker-1"):
         rotate.rotate(moved(), state, connector=cluster.connector, progress=QUIET)
@@ -135,8 +135,9 @@ def test_interrupted_run_converges(deployed) -> None:
 
 
 def test_extra_sans_go_through_the_same_path(deployed) -> None:
-    inv, state, cluster = deployed
-    text = SAMPLE.replace("kube-apiserver: [api.hardway.lan]", "kube-apiserver: [api.hardway.lan]\n    etcd: [etcd.lan]")
+    _inv, state, cluster = deployed
+    text = SAMPLE.replace("kube-apiserver: [api.hardway.lan]",
+                          "kube-apiserver: [api.hardway.lan]\n    etcd: [etcd.lan]")
     the_plan = rotate.plan_rotation(inventory.parse(text, "x.yaml"), state, connector=cluster.connector,
                                     progress=QUIET)
     assert {o.name for o in the_plan.changed_outcomes} == {"etcd-controller-0", "etcd-controller-1",
