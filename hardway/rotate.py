@@ -124,7 +124,8 @@ def _plan_nodes(inv: Inventory, state: PkiState, outcomes: Sequence[pki.Outcome]
                 np.undeployed += 1
             elif have != f.sha256:
                 np.files.append(f)
-                np.changes.append(FileChange(f.path, origins.get(f.sha256, "rendered from the inventory: content changed")))
+                why = origins.get(f.sha256, "rendered from the inventory: content changed")
+                np.changes.append(FileChange(f.path, why))
         services = {s for f in np.files for s in f.services} | remote.stale_services(r, files)
         np.restarts = [s for s in RESTART_ORDER if s in services and remote.unit_state(r, s) == "active"]
         progress(r.node, f"{len(np.changes)} file(s) to push, {len(np.restarts)} restart(s)")
