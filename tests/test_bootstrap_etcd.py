@@ -8,13 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hardway import encryption as enc
-from hardway import kubeconfig, pki, remote
+from hardway import remote
 from hardway.chapters import etcd
 from hardway.checks import FAIL, OK
 from hardway.errors import HardwayError
@@ -50,13 +48,8 @@ def failures(results) -> list:
 
 
 @pytest.fixture(scope="module")
-def cluster(lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    inv = lab.inventory
-    state = PkiState(tmp_path_factory.mktemp("pki") / inv.cluster_name)
-    pki.ensure_certificates(inv, state)
-    kubeconfig.ensure_kubeconfigs(inv, state)
-    enc.ensure_encryption_config(inv, state)
-    yield inv, state
+def cluster(lab, lab_pki) -> tuple:
+    return lab.inventory, lab_pki
 
 
 def test_bootstrap_from_scratch_then_write_through_one_member_read_through_the_others(cluster) -> None:
