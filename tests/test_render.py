@@ -1,0 +1,317 @@
+"""hardway.render: the systemd_exec filter, StrictUndefined, the real systemd-analyze lint, build/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hardway import inventory
+from hardway.errors import HardwayError
+from hardway.inventory import Inventory
+from hardway.plan import etcd_argv, node_files
+from hardway.render import exec_argv, lint_units, render, systemd_exec, systemd_quote, write_build
+from hardway.state import PkiState
+from tests.test_plan import SAMPLE, make_pki
+
+TRICKY = [
+    "/usr/local/bin/demo",
+    "--foo=a b",
+    "--pct=50%",
+    "--dollar=$HOME",
+    "--brace=${HOME}",
+    "--spec=%n",
+    "#not-a-comment",
+    ";",
+    "a;b",
+    'say="hi"',
+    "it's",
+    "back\\slash",
+    "trailing\\",
+    "",
+    "tab\there",
+    "ünïcode",
+    "--plain",
+]
+
+TRICKY_TEXT = """\
+/usr/local/bin/demo \\
+  "--foo=a b" \\
+  --pct=50%% \\
+  --dollar=$$HOME \\
+  --brace=$${HOME} \\
+  --spec=%%n \\
+  "#not-a-comment" \\
+  ";" \\
+  "a;b" \\
+  "say=\\"hi\\"" \\
+  "it's" \\
+  "back\\\\slash" \\
+  "trailing\\\\" \\
+  "" \\
+  "tab\\there" \\
+  ünïcode \\
+  --plain"""
+
+
+def unit_text(argv: list[str], name: str = "demo") -> str:
+    return (f"[Unit]\nDescription={name}\n\n[Service]\nExecStart={systemd_exec(argv)}\n"
+            "Restart=on-failure\n\n[Install]\nWantedBy=multi-user.target\n")
+
+
+def analyze_stderr(path: Path) -> str:
+    """systemd-analyze verify run directly (no hardway code) on a unit whose binary exists."""
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "--generators=false", str(path)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": "/usr/lib/systemd/system", "SYSTEMD_LOG_COLOR": "0"},
+    )
+    return proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# systemd_exec
+
+
+def test_systemd_exec_exact_text():
+    assert systemd_exec(TRICKY) == TRICKY_TEXT
+
+
+def test_systemd_exec_round_trips_through_systemd(tmp_path):
+    argv = ["/bin/true", *TRICKY[1:]]  # a binary that exists: verify runs unmodified
+    unit = tmp_path / "demo.service"
+    unit.write_text(unit_text(argv))
+    assert analyze_stderr(unit) == ""
+    assert lint_units([unit]) == []
+    assert exec_argv(unit) == [argv]
+
+
+def test_naive_joining_is_what_goes_wrong(tmp_path):
+    """What the filter prevents: an unquoted `#` word at a line start is a comment (dropped) and an
+    undoubled `${X}` is substituted; verify says nothing about either, only the parsed argv shows it."""
+    unit = tmp_path / "naive.service"
+    naive = " \\\n  ".join(["/bin/true", "--pct=50%", "#dropped", "--brace=${HOME}"])
+    unit.write_text(f"[Unit]\nDescription=naive\n\n[Service]\nExecStart={naive}\n")
+    assert exec_argv(unit) == [["/bin/true", "--pct=50%", "--brace="]]
+    assert lint_units([unit]) == []
+
+
+def test_systemd_quote_rules():
+    assert systemd_quote("plain") == "plain"
+    assert systemd_quote("") == '""'
+    assert systemd_quote("50%") == "50%%"
+    assert systemd_quote("$X") == "$$X"
+    assert systemd_quote("a b%") == '"a b%%"'
+    assert systemd_quote('x"y') == '"x\\"y"'
+    assert systemd_quote("a\\b") == '"a\\\\b"'
+    assert systemd_quote("line\nbreak") == '"line\\nbreak"'
+    assert systemd_quote("bell\x07") == '"bell\\a"'
+    assert systemd_quote("esc\x1b") == '"esc\\x1b"'
+
+
+@pytest.mark.parametrize("bad", ["/usr/bin/x", ["relative/x"], ["/bin/my prog"], ["/bin/x%i"], [],
+                                 ["/bin/x", 3]])
+def test_systemd_exec_rejects_bad_argv(bad):
+    with pytest.raises(HardwayError, match="systemd_exec"):
+        systemd_exec(bad)
+
+
+def test_no_hand_placed_backslashes_in_unit_templates():
+    for template in (Path(__file__).resolve().parent.parent / "templates" / "units").glob("*.j2"):
+        text = template.read_text()
+        assert "\\" not in text, template
+        assert re.search(r"^ExecStart=\{\{ argv \| systemd_exec \}\}$", text, re.M), template
+
+
+# --------------------------------------------------------------------------------------------
+# StrictUndefined
+
+
+def test_missing_variable_names_template_and_variable(tmp_path):
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "x.service.j2").write_text("[Unit]\nDescription={{ description }}\n"
+                                                     "After={{ after_unit }}\n")
+    with pytest.raises(HardwayError) as err:
+        render("units/x.service.j2", templates_dir=tmp_path, description="fine")
+    message = str(err.value)
+    assert "units/x.service.j2" in message and "after_unit" in message
+    assert "units/x.service.j2:3" in message  # the template line
+
+
+def test_real_template_without_argv_is_an_error():
+    with pytest.raises(HardwayError, match=r"units/etcd\.service\.j2.*argv"):
+        render("units/etcd.service.j2", node=SimpleNamespace(name="c0"), inv=SimpleNamespace(cluster_name="k"))
+
+
+def test_undefined_inside_a_condition_is_an_error(tmp_path):
+    (tmp_path / "c.j2").write_text("{{ 'yes' if enabled else 'no' }}\n")
+    with pytest.raises(HardwayError, match=r"c\.j2.*enabled"):
+        render("c.j2", templates_dir=tmp_path)
+    assert render("c.j2", templates_dir=tmp_path, enabled=True) == "yes\n"  # keeps the trailing newline
+
+
+# --------------------------------------------------------------------------------------------
+# Lint with the real systemd-analyze
+
+
+@pytest.fixture(scope="module")
+def inv() -> Inventory:
+    return inventory.load(SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def state(inv: Inventory, tmp_path_factory: pytest.TempPathFactory) -> PkiState:
+    return make_pki(inv, PkiState(tmp_path_factory.mktemp("pki") / inv.cluster_name))
+
+
+@pytest.fixture(scope="module")
+def build(inv: Inventory, state: PkiState, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("build") / inv.cluster_name
+    return out, write_build(inv, state, out)
+
+
+def test_every_rendered_unit_passes_verify(inv, build, tmp_path):
+    _, written = build
+    units = [p for p in written if p.suffix == ".service"]
+    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers)
+    assert lint_units(units) == []
+    # The same verdict straight from systemd-analyze, on copies whose binary exists here.
+    for unit in units:
+        copy = tmp_path / unit.parents[3].name / unit.name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text(re.sub(r"^(ExecStart=)\S+", r"\1/bin/true", unit.read_text(), flags=re.M))
+    for copy in tmp_path.glob("*/*.service"):
+        assert analyze_stderr(copy) == "", copy
+
+
+def test_systemd_parses_every_unit_as_planned(inv, build):
+    out, _ = build
+    for c in inv.controllers:
+        assert exec_argv(out / c.name / "etc/systemd/system/etcd.service") == [etcd_argv(inv, c)]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("ExecStart=/bin/true \\ \n  --bar=1\n", "--bar"),  # backslash then a space: no continuation
+    ("ExecStart /bin/true\n", "Missing '='"),
+    ("ExecStart=/bin/true --x=%Q\n", "specifiers"),
+    ("ExecStart=/bin/true \"a\\qb\"\n", "escape"),
+    ("Type=notfy\nExecStart=/bin/true\n", "notfy"),
+])
+def test_broken_units_are_reported(tmp_path, body, expected):
+    unit = tmp_path / "broken.service"
+    unit.write_text(f"[Unit]\nDescription=broken\n\n[Service]\n{body}")
+    problems = lint_units([unit])
+    assert problems, body
+    assert any(expected in p for p in problems), problems
+    assert all(str(unit) in p or p.startswith("broken.service") for p in problems), problems
+
+
+def test_lint_verifies_siblings_together(tmp_path):
+    (tmp_path / "a.service").write_text("[Unit]\nRequires=b.service\nAfter=b.service\n\n"
+                                        "[Service]\nExecStart=/usr/local/bin/not-here-a\n")
+    assert any("b.service" in p for p in lint_units([tmp_path / "a.service"]))
+    (tmp_path / "b.service").write_text("[Service]\nExecStart=/usr/local/bin/not-here-b\n")
+    assert lint_units([tmp_path / "a.service", tmp_path / "b.service"]) == []
+
+
+def test_lint_ignores_the_host_etc(tmp_path, monkeypatch):
+    """A unit named like one the host masks or drops in for is judged on its own bytes."""
+    unit = tmp_path / "etcd.service"
+    unit.write_text("[Unit]\nDescription=mine\n\n[Service]\nType=notify\nExecStart=/usr/local/bin/etcd\n")
+    assert lint_units([unit]) == []
+    assert exec_argv(unit) == [["/usr/local/bin/etcd"]]
+
+
+# --------------------------------------------------------------------------------------------
+# The etcd unit against the real etcd
+
+
+def test_etcd_flags_are_known_to_the_real_etcd(inv):
+    proc = subprocess.run(["/usr/bin/etcd", "--help"], capture_output=True, text=True, check=False)
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", proc.stdout + proc.stderr, re.M))
+    assert "--initial-cluster" in known
+    for c in inv.controllers:
+        for arg in etcd_argv(inv, c)[1:]:
+            assert arg.split("=", 1)[0] in known, arg
+
+
+# --------------------------------------------------------------------------------------------
+# build/
+
+
+def tree(root: Path) -> dict[str, tuple[bytes | None, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None, stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(root.rglob("*"))}
+
+
+def test_render_is_deterministic(inv, state, build, tmp_path):
+    out, _ = build
+    again = tmp_path / "again"
+    write_build(inv, state, again)
+    assert tree(again) == tree(out)
+    first = (out / "worker-0" / "manifest.json").read_bytes()
+    write_build(inv, state, out, "worker-0")
+    assert (out / "worker-0" / "manifest.json").read_bytes() == first
+    assert tree(again) == tree(out)
+
+
+def test_build_modes_and_manifest(inv, state, build):
+    out, written = build
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for n in inv.nodes:
+        node_dir = out / n.name
+        manifest = json.loads((node_dir / "manifest.json").read_text())
+        planned = node_files(inv, n.name, state)
+        assert manifest == sorted((f.manifest_entry() for f in planned), key=lambda e: e["path"])
+        for f in planned:
+            target = node_dir / f.path.lstrip("/")
+            assert target.read_bytes() == f.content
+            assert stat.S_IMODE(target.stat().st_mode) == (0o600 if f.secret else f.mode)
+        for d in [node_dir, *(p for p in node_dir.rglob("*") if p.is_dir())]:
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    key = out / "controller-0" / "etc" / "etcd" / "etcd.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert out / "controller-0" / "manifest.json" in written
+
+
+def test_binaries_in_manifest_not_copied(state, tmp_path):
+    fake = tmp_path / "etcd-binary"
+    fake.write_bytes(b"not really etcd")
+    text = SAMPLE.read_text().replace("etcd: {path: ./bin/etcd}", f"etcd: {{path: {fake}}}")
+    inv_b = inventory.parse(text, "b.yaml", base=SAMPLE.parent)
+    out = tmp_path / "out"
+    write_build(inv_b, state, out, "controller-0")
+    entries = {e["path"]: e for e in json.loads((out / "controller-0" / "manifest.json").read_text())}
+    etcd = entries["/usr/local/bin/etcd"]
+    assert etcd["source"] == str(fake) and etcd["mode"] == "0755" and etcd["services"] == ["etcd"]
+    assert etcd["sha256"] == hashlib.sha256(b"not really etcd").hexdigest()
+    assert not (out / "controller-0" / "usr").exists()
+    assert "source" not in entries["/etc/etcd/etcd.key"]
+
+
+def test_stale_files_are_removed_and_other_nodes_untouched(inv, state, tmp_path):
+    out = tmp_path / "out"
+    write_build(inv, state, out)
+    stale = out / "worker-0" / "etc" / "old.conf"
+    stale.write_text("left over")
+    other = tree(out / "worker-1")
+    write_build(inv, state, out, "worker-0")
+    assert not stale.exists()
+    assert tree(out / "worker-1") == other
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.name for n in inv.nodes)  # no temp dirs left
+
+
+def test_failed_render_keeps_the_previous_build(inv, state, tmp_path):
+    out = tmp_path / "out"
+    write_build(inv, state, out, "worker-0")
+    before = tree(out)
+    with pytest.raises(HardwayError, match="run `invoke pki`"):
+        write_build(inv, PkiState(tmp_path / "no-pki"), out, "worker-0")
+    assert tree(out) == before
