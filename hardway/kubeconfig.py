@@ -1,0 +1,129 @@
+"""Kubeconfigs for the admin and every component, built from the certificates in the PKI state.
+
+A kubeconfig's bytes follow from the certificates and the inventory alone, so a file is written
+only when those bytes change, and the report says why (server moved, certificate reissued, ...).
+They embed private keys: 0600, like the keys.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography.x509.oid import NameOID
+
+from hardway.errors import HardwayError
+from hardway.inventory import Inventory
+from hardway.pki import KEY_MODE, Outcome, fix_mode, read_cert, write_atomic
+from hardway.state import PkiState, kubelet_cert_name
+
+LOCAL_APISERVER = "https://127.0.0.1:6443"
+
+
+@dataclass(frozen=True)
+class KubeconfigSpec:
+    name: str
+    cert: str
+    server: str
+    purpose: str
+
+
+def kubeconfig_specs(inv: Inventory) -> list[KubeconfigSpec]:
+    """Which kubeconfigs the cluster needs, the certificate each embeds and the server it dials."""
+    remote = inv.api_endpoint.url
+    specs = [
+        KubeconfigSpec("admin", "admin", remote, "kubectl on the jumpbox, through the API endpoint"),
+        KubeconfigSpec("admin-local", "admin", LOCAL_APISERVER, "kubectl on a controller"),
+        KubeconfigSpec("kube-controller-manager", "kube-controller-manager", LOCAL_APISERVER,
+                       "controller-manager on each controller"),
+        KubeconfigSpec("kube-scheduler", "kube-scheduler", LOCAL_APISERVER, "scheduler on each controller"),
+        KubeconfigSpec("kube-proxy", "kube-proxy", remote, "kube-proxy on every worker"),
+    ]
+    for w in inv.workers:
+        name = kubelet_cert_name(w)
+        specs.append(KubeconfigSpec(name, name, remote, f"kubelet on {w.name}"))
+    return specs
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _read(path: Path, spec: KubeconfigSpec) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise HardwayError(f"kubeconfig {spec.name} needs {path}, which is missing; run invoke pki") from None
+
+
+def render(inv: Inventory, state: PkiState, spec: KubeconfigSpec) -> bytes:
+    """The kubeconfig's bytes: deterministic for given certificates, key and inventory."""
+    ca = _read(state.cert("ca"), spec)
+    crt = _read(state.cert(spec.cert), spec)
+    key = _read(state.key(spec.cert), spec)
+    cert = read_cert(state.cert(spec.cert))
+    if cert is None:
+        raise HardwayError(f"{state.cert(spec.cert)} is not a PEM certificate; run invoke pki to reissue it")
+    user = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": inv.cluster_name, "cluster": {
+            "certificate-authority-data": _b64(ca), "server": spec.server}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": _b64(crt), "client-key-data": _b64(key)}}],
+        "contexts": [{"name": "default", "context": {"cluster": inv.cluster_name, "user": user}}],
+        "current-context": "default",
+        "preferences": {},
+    }
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1 << 20).encode()
+
+
+def _why_changed(old: bytes, new: bytes) -> tuple[str, ...]:
+    """What differs between two kubeconfigs, without ever echoing key material."""
+    try:
+        a, b = yaml.safe_load(old), yaml.safe_load(new)
+        ca, cb = a["clusters"][0], b["clusters"][0]
+        ua, ub = a["users"][0], b["users"][0]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        return ("previous file unreadable",)
+    reasons = []
+    if ca.get("name") != cb["name"]:
+        reasons.append(f"cluster name {ca.get('name')} → {cb['name']}")
+    sa, sb = ca.get("cluster", {}).get("server"), cb["cluster"]["server"]
+    if sa != sb:
+        reasons.append(f"server {sa} → {sb}")
+    if ca.get("cluster", {}).get("certificate-authority-data") != cb["cluster"]["certificate-authority-data"]:
+        reasons.append("CA changed")
+    if ua.get("name") != ub["name"]:
+        reasons.append(f"user {ua.get('name')} → {ub['name']}")
+    if ua.get("user", {}).get("client-certificate-data") != ub["user"]["client-certificate-data"]:
+        reasons.append("client certificate reissued")
+    if ua.get("user", {}).get("client-key-data") != ub["user"]["client-key-data"]:
+        reasons.append("client key changed")
+    return tuple(reasons) or ("content differs",)
+
+
+def ensure_kubeconfigs(inv: Inventory, state: PkiState) -> list[Outcome]:
+    """Write every kubeconfig whose bytes differ from what the certificates call for; keep the rest."""
+    state.ensure_root()
+    rendered = [(spec, render(inv, state, spec)) for spec in kubeconfig_specs(inv)]  # all or nothing
+    outcomes = []
+    for spec, data in rendered:
+        path = state.kubeconfig(spec.name)
+        try:
+            old: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            old = None
+        if old == data:
+            fixed = fix_mode(path, KEY_MODE)
+            outcomes.append(Outcome("kubeconfig", spec.name, "kept", (fixed,) if fixed else ()))
+            continue
+        write_atomic(path, data, KEY_MODE)
+        if old is None:
+            outcomes.append(Outcome("kubeconfig", spec.name, "written", ("missing",)))
+        else:
+            outcomes.append(Outcome("kubeconfig", spec.name, "rewritten", _why_changed(old, data)))
+    return outcomes
