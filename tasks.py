@@ -86,7 +86,7 @@ def _renew_within(inv, days: str | None):  # -> datetime.timedelta
 @user_errors
 def pki_generate(c, inventory=None, pki_dir=None, rotate_ca=False, renew_within_days=None):
     """Issue/keep certificates, then write kubeconfigs and the encryption config (idempotent)."""
-    from hardway import encryption, kubeconfig
+    from hardway import jumpbox
     from hardway import pki as pki_lib
 
     inv = load_inventory(inventory)
@@ -94,10 +94,7 @@ def pki_generate(c, inventory=None, pki_dir=None, rotate_ca=False, renew_within_
     if rotate_ca:
         print("warning: --rotate-ca issues a new CA: every certificate and kubeconfig is reissued and must "
               "be redistributed to every node (the old ones stop being trusted)", file=sys.stderr)
-    outcomes = pki_lib.ensure_certificates(inv, state, rotate_ca=rotate_ca,
-                                           renew_within=_renew_within(inv, renew_within_days))
-    outcomes += kubeconfig.ensure_kubeconfigs(inv, state)
-    outcomes.append(encryption.ensure_encryption_config(inv, state))
+    outcomes = jumpbox.generate(inv, state, rotate_ca=rotate_ca, renew_within=_renew_within(inv, renew_within_days))
     print(pki_lib.format_outcomes(outcomes))
     print(f"PKI state: {state.root}")
 

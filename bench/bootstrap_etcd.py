@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hardway import encryption, kubeconfig, lab, pki, plan
+from hardway import jumpbox, lab, plan
 from hardway.chapters import etcd
 from hardway.remote import Progress
 from hardway.state import PkiState
@@ -40,9 +40,7 @@ def fresh_lab(tag: str) -> lab.Lab:
 
 def make_pki(the_lab: lab.Lab, root: Path) -> PkiState:
     state = PkiState(root / the_lab.name)
-    pki.ensure_certificates(the_lab.inventory, state)
-    kubeconfig.ensure_kubeconfigs(the_lab.inventory, state)
-    encryption.ensure_encryption_config(the_lab.inventory, state)
+    jumpbox.generate(the_lab.inventory, state)
     return state
 
 

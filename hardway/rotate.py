@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from hardway import encryption, kubeconfig, pki, plan, remote
+from hardway import jumpbox, pki, plan, remote
 from hardway.chapters import etcd
 from hardway.errors import HardwayError
 from hardway.files import File
@@ -88,14 +88,6 @@ def restart_sequence(nodes: Sequence[NodePlan]) -> list[tuple[str, str]]:
     return [(svc, n.node.name) for svc in RESTART_ORDER for n in nodes if svc in n.restarts]
 
 
-def _reissue(inv: Inventory, state: PkiState, renew_within: timedelta | None) -> list[pki.Outcome]:
-    outcomes = pki.ensure_certificates(inv, state, renew_within=renew_within)
-    outcomes += kubeconfig.ensure_kubeconfigs(inv, state)
-    if not state.encryption_config.exists():
-        outcomes.append(encryption.ensure_encryption_config(inv, state))
-    return outcomes
-
-
 def _origins(state: PkiState, outcomes: Sequence[pki.Outcome]) -> dict[str, str]:
     """sha256 of a state file's bytes -> why it changed, to explain node files by their source."""
     changed = {o.name: o for o in outcomes if o.action != "kept"}
@@ -149,7 +141,7 @@ def plan_rotation(inv: Inventory, state: PkiState, *, renew_within: timedelta | 
     with tempfile.TemporaryDirectory(prefix="hardway-rotate-") as tmp:
         copy = PkiState(Path(tmp) / "state")
         shutil.copytree(state.root, copy.root, copy_function=shutil.copy2)
-        outcomes = _reissue(inv, copy, renew_within)
+        outcomes = jumpbox.generate(inv, copy, renew_within=renew_within)
         nodes = _plan_nodes(inv, copy, outcomes, cache_dir=cache_dir, connector=connector, progress=progress)
     return RotationPlan(outcomes, nodes)
 
@@ -172,7 +164,7 @@ def rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None = 
 
 def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, cache_dir: Path | None,
             connector: Connector, progress: Progress, timeout: float) -> RotationReport:
-    outcomes = _reissue(inv, state, renew_within)
+    outcomes = jumpbox.generate(inv, state, renew_within=renew_within)
     nodes = _plan_nodes(inv, state, outcomes, cache_dir=cache_dir, connector=connector, progress=progress)
     the_plan = RotationPlan(outcomes, nodes)
     by_name = {n.node.name: n for n in nodes}

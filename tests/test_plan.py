@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardway import encryption, inventory, kubeconfig, pki
+from hardway import inventory, jumpbox
 from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory
@@ -23,9 +23,7 @@ SAMPLE = ROOT / "inventory" / "sample.yaml"
 
 def make_pki(inv: Inventory, state: PkiState) -> PkiState:
     """The real PKI, kubeconfigs and encryption config of ``inv`` under ``state``."""
-    pki.ensure_certificates(inv, state)
-    kubeconfig.ensure_kubeconfigs(inv, state)
-    encryption.ensure_encryption_config(inv, state)
+    jumpbox.generate(inv, state)
     return state
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from hardway import encryption, inventory, kubeconfig, pki, plan, remote, rotate
+from hardway import inventory, jumpbox, pki, plan, remote, rotate
 from hardway.errors import HardwayError
 from hardway.remote import Progress
 from hardway.state import PkiState
@@ -37,9 +37,7 @@ def deployed(tmp_path: Path) -> tuple[inventory.Inventory, PkiState, FakeCluster
     """The sample cluster with every planned file on its nodes and every service running."""
     inv = inventory.parse(SAMPLE, "sample.yaml")
     state = PkiState(tmp_path / "pki")
-    pki.ensure_certificates(inv, state)
-    kubeconfig.ensure_kubeconfigs(inv, state)
-    encryption.ensure_encryption_config(inv, state)
+    jumpbox.generate(inv, state)
     cluster = FakeCluster()
     for node in inv.nodes:
         files = plan.node_files(inv, node, state)
