@@ -81,6 +81,25 @@ def render(inv: Inventory, state: PkiState, spec: KubeconfigSpec) -> bytes:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1 << 20).encode()
 
 
+def drift(inv: Inventory, state: PkiState) -> dict[str, tuple[str, ...]]:
+    """Kubeconfigs on the jumpbox that differ from what the inventory and certificates call for
+    (e.g. a server URL still naming an old address), with the reasons; read-only."""
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in kubeconfig_specs(inv):
+        path = state.kubeconfig(spec.name)
+        try:
+            want = render(inv, state, spec)
+        except HardwayError as exc:
+            out[spec.name] = (str(exc),)
+            continue
+        have = path.read_bytes() if path.exists() else None
+        if have is None:
+            out[spec.name] = ("missing",)
+        elif have != want:
+            out[spec.name] = _why_changed(have, want)
+    return out
+
+
 def _why_changed(old: bytes, new: bytes) -> tuple[str, ...]:
     """What differs between two kubeconfigs, without ever echoing key material."""
     try:

@@ -155,3 +155,18 @@ def test_expiring_certificates_are_renewed_the_same_way(deployed) -> None:
     reissued = [o for o in the_plan.changed_outcomes if o.kind == "cert"]
     assert len(reissued) == len(pki.catalogue(inv)) - 1  # everything but the CA, which is never silently replaced
     assert all(any("expires" in r for r in o.reasons) for o in reissued)
+
+
+def test_a_leftover_old_address_is_a_check_failure(deployed) -> None:
+    from hardway.chapters import certificates
+
+    _inv, state, _cluster = deployed
+    new_inv = moved()
+    # only the certificates were reissued: the kubeconfigs still name the old address
+    pki.ensure_certificates(new_inv, state)
+    results = {(r.check, r.node): r for r in certificates.results(new_inv, state)}
+    stale = results[("kubeconfig", "admin")]
+    assert stale.status == "fail" and f"server https://{OLD}:6443 → https://{NEW}:6443" in stale.detail
+    assert results[("kubeconfig", "kube-scheduler")].status == "ok"  # talks to 127.0.0.1
+    jumpbox.generate(new_inv, state)
+    assert {r.status for r in certificates.results(new_inv, state)} == {"ok"}

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hardway import pki
+from hardway import kubeconfig, pki
 from hardway.checks import FAIL, OK, Check, Result
 from hardway.inventory import Inventory
 from hardway.state import PkiState
@@ -26,6 +26,13 @@ def results(inv: Inventory, state: PkiState) -> list[Result]:
         else:
             out.append(Result(CHAPTER, "certificate", s.name, FAIL, "; ".join(s.reasons),
                               "run `invoke pki` to issue/reissue it, then push it (`invoke rotate-certs`)"))
+    stale = kubeconfig.drift(inv, state)
+    for spec in kubeconfig.kubeconfig_specs(inv):
+        if spec.name in stale:
+            out.append(Result(CHAPTER, "kubeconfig", spec.name, FAIL, "; ".join(stale[spec.name]),
+                              "run `invoke rotate-certs` (or `invoke pki`) to rewrite and push it"))
+        else:
+            out.append(Result(CHAPTER, "kubeconfig", spec.name, OK, f"server {spec.server}, current certificates"))
     return out
 
 
