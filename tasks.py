@@ -155,19 +155,25 @@ LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventor
 
 
 @task(name="up", auto_shortflags=False, help={
-    "nodes": "number of controllers (default 3)",
-    "workers": "number of workers (default 2)",
+    "nodes": "number of controllers (default 3, or the running lab's)",
+    "workers": "number of workers (default 2, or the running lab's)",
     "name": LAB_NAME_HELP,
     "subnet": "the lab's IPv4 subnet (default 10.77.0.0/24; another lab needs another one)",
     "timeout": "seconds to wait for every node to be SSH-ready (default: 60 + 10 per node)",
 })
 @user_errors
-def lab_up(c, nodes=3, workers=2, name="lab", subnet=None, timeout=0):
+def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=0):
     """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
     from hardway import lab
 
+    def count(flag: str, value: str | None) -> int | None:
+        if value is not None and not str(value).isdigit():
+            raise HardwayError(f"--{flag}: {value!r} is not a whole number")
+        return None if value is None else int(value)
+
     copy = ROOT / "inventory" / "lab.yaml" if name == lab.DEFAULT_NAME else None
-    lab.up(name, int(nodes), int(workers), subnet, inventory_copy=copy, timeout=float(timeout) or None)
+    lab.up(name, count("nodes", nodes), count("workers", workers), subnet, inventory_copy=copy,
+           timeout=float(timeout) or None)
 
 
 @task(name="down", auto_shortflags=False, help={"name": LAB_NAME_HELP})

@@ -276,7 +276,9 @@ def preflight(
 
     for outcome in remote.fan_out(inv, inv.controllers, work, connector=connector):
         if not outcome.ok:
-            findings.append(Finding(outcome.node.name, FAIL, outcome.error or "failed"))
+            # fan_out's errors already start with the node's name; the Finding carries it separately
+            error = (outcome.error or "failed").removeprefix(f"{outcome.node.name}: ")
+            findings.append(Finding(outcome.node.name, FAIL, error))
         else:
             assert outcome.value is not None
             findings.extend(judge_preflight(inv, outcome.node, outcome.value, binary_arch))
@@ -330,7 +332,8 @@ def _bootstrap(inv: Inventory, state: PkiState, *, cache_dir: Path | None, conne
     if failures:
         first = failures[0]
         more = f" (and {len(failures) - 1} more problem(s) above)" if len(failures) > 1 else ""
-        raise HardwayError(f"preflight failed, nothing was changed: {first.node}: {first.message}{more}")
+        where = "" if first.message.startswith(first.node) else f"{first.node}: "
+        raise HardwayError(f"preflight failed, nothing was changed: {where}{first.message}{more}")
 
     # push: every node's outcome is reported; a failure on one is never a success overall.
     def push(r: Remote) -> list[str]:
