@@ -327,6 +327,10 @@ def render_sshd_config(node: LabNode) -> str:
         "PasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\n"
         "UseDNS no\n"
+        # No PAM: every exec would open a logind session, start and stop user@0 and
+        # user-runtime-dir@0, and under hardway's many short commands those race and leave the
+        # node `degraded`. Key-only root login needs no PAM.
+        "UsePAM no\n"
     )
 
 
@@ -747,15 +751,6 @@ def _ensure_client_key(p: LabPlan) -> str:
     return pub_path.read_text()
 
 
-# systemd 252 on this host kind: a user manager (user@0, started by an SSH login) that is asked
-# to stop right after it started can miss it and hold poweroff for the default 90 s.
-LOGIN_STOP_TIMEOUT = """\
-# hardway lab: do not let a login's leftovers hold up poweroff for 90 s
-[{section}]
-TimeoutStopSec=5s
-"""
-
-
 def prepare_node(p: LabPlan, node: LabNode, image: NodeImage, authorized_key: str) -> None:
     """Write the node's upper dir (once): identity, SSH, masks and whiteouts."""
     d = p.node_dir(node)
@@ -784,8 +779,6 @@ def prepare_node(p: LabPlan, node: LabNode, image: NodeImage, authorized_key: st
     _put(upper, "etc/ssh/ssh_host_ed25519_key", private, 0o600)
     _put(upper, "etc/ssh/ssh_host_ed25519_key.pub", f"{public} root@{node.name}\n", 0o644)
     _put(upper, "etc/ssh/sshd_config.d/hardway-lab.conf", render_sshd_config(node))
-    for unit, section in (("user@.service", "Service"), ("session-.scope", "Scope")):
-        _put(upper, f"etc/systemd/system/{unit}.d/hardway-lab.conf", LOGIN_STOP_TIMEOUT.format(section=section))
     for rel in image.hidden:
         _whiteout(upper, rel)
     for unit in image.masks:

@@ -364,7 +364,9 @@ def test_every_node_answers_strict_ssh_as_the_inventory_says(lab: lab_lib.Lab) -
             assert run(c, "hostname") == node.name
             state = run(c, "systemctl is-system-running")
             failed = run(c, "systemctl --failed --no-legend --plain") if state != "running" else ""
-            assert state == "running", f"{node.name}: {state}; failed units: {failed}"
+            journal = run(c, "for u in $(systemctl --failed --no-legend --plain | cut -d' ' -f1); do "
+                             "journalctl -b -u $u --no-pager -o short-monotonic | tail -n 6; done") if failed else ""
+            assert state == "running", f"{node.name}: {state}; failed units: {failed}\n{journal}"
             addr = run(c, "ip -o -4 addr show dev eth0")
             assert f"inet {node.address}/{lab.plan.subnet.prefixlen} " in addr
             machine_ids.add(run(c, "cat /etc/machine-id"))
