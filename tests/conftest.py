@@ -152,3 +152,24 @@ def lab_pki(lab: lab_lib.Lab):  # -> hardway.state.PkiState
     state = PkiState(lab.state_dir / "pki")
     jumpbox.generate(lab.inventory, state)
     return state
+
+
+@pytest.fixture(scope="session")
+def inv():  # -> hardway.inventory.Inventory
+    """inventory/sample.yaml: 3 controllers, 2 workers, a load balancer (no machine is contacted)."""
+    from pathlib import Path
+
+    from hardway import inventory
+
+    return inventory.load(Path(__file__).resolve().parent.parent / "inventory" / "sample.yaml")
+
+
+@pytest.fixture(scope="session")
+def state(inv, tmp_path_factory: pytest.TempPathFactory):  # -> hardway.state.PkiState
+    """The sample inventory's real PKI, kubeconfigs and encryption config, made once per session."""
+    from hardway import jumpbox
+    from hardway.state import PkiState
+
+    st = PkiState(tmp_path_factory.mktemp("pki") / inv.cluster_name)
+    jumpbox.generate(inv, st)
+    return st

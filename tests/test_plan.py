@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardway import inventory, jumpbox
+from hardway import inventory
 from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory
@@ -19,22 +19,6 @@ from hardway.state import PkiState, etcd_cert_name, kubelet_cert_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "inventory" / "sample.yaml"
-
-
-def make_pki(inv: Inventory, state: PkiState) -> PkiState:
-    """The real PKI, kubeconfigs and encryption config of ``inv`` under ``state``."""
-    jumpbox.generate(inv, state)
-    return state
-
-
-@pytest.fixture(scope="module")
-def inv() -> Inventory:
-    return inventory.load(SAMPLE)
-
-
-@pytest.fixture(scope="module")
-def state(inv: Inventory, tmp_path_factory: pytest.TempPathFactory) -> PkiState:
-    return make_pki(inv, PkiState(tmp_path_factory.mktemp("pki") / inv.cluster_name))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from hardway.inventory import Inventory
 from hardway.plan import etcd_argv, node_files
 from hardway.render import exec_argv, lint_units, render, systemd_exec, systemd_quote, write_build
 from hardway.state import PkiState
-from tests.test_plan import SAMPLE, make_pki
+from tests.test_plan import SAMPLE
 
 TRICKY = [
     "/usr/local/bin/demo",
@@ -159,16 +159,6 @@ def test_undefined_inside_a_condition_is_an_error(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Lint with the real systemd-analyze
-
-
-@pytest.fixture(scope="module")
-def inv() -> Inventory:
-    return inventory.load(SAMPLE)
-
-
-@pytest.fixture(scope="module")
-def state(inv: Inventory, tmp_path_factory: pytest.TempPathFactory) -> PkiState:
-    return make_pki(inv, PkiState(tmp_path_factory.mktemp("pki") / inv.cluster_name))
 
 
 @pytest.fixture(scope="module")
