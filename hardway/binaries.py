@@ -10,15 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from hardway.errors import HardwayError
+from hardway.files import sha256_file
 from hardway.inventory import BinarySource, Inventory
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_path(source: BinarySource, cache_dir: Path) -> Path:

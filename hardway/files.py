@@ -8,6 +8,14 @@ from functools import cached_property
 from pathlib import Path
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class File:
     """Target ``path`` on the node, with its bytes (``content``) or a local ``source`` for big binaries.
@@ -43,11 +51,7 @@ class File:
         if self.content is not None:
             return hashlib.sha256(self.content).hexdigest()
         assert self.source is not None
-        h = hashlib.sha256()
-        with self.source.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(self.source)
 
     def manifest_entry(self) -> dict[str, object]:
         return {

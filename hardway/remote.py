@@ -54,6 +54,10 @@ class Remote(Protocol):
 
     def upload(self, data: bytes, remote_path: str) -> None: ...
 
+    def staging_dir(self) -> str:
+        """A fresh private (0700) directory that upload() can write into."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -141,6 +145,18 @@ class SSHRemote:
         except (OSError, paramiko.SSHException) as exc:
             raise RemoteError(f"{self.node.name}: upload to {remote_path} failed: {exc}") from None
 
+    def staging_dir(self) -> str:
+        # Made by the login user, never through sudo: SFTP uploads as that user, and a root-owned
+        # 0700 dir would refuse it. install (run as root) can still read from it.
+        try:
+            r = self.conn.run("umask 077 && mktemp -d /tmp/hardway.XXXXXXXX", hide=True, warn=True,
+                              in_stream=False, timeout=self.inv.ssh.command_timeout)
+        except (CommandTimedOut, OSError, paramiko.SSHException) as exc:
+            raise RemoteError(f"{self.node.name}: cannot make a staging dir in /tmp: {exc}") from None
+        if r.exited != 0:
+            raise RemoteError(f"{self.node.name}: cannot make a staging dir in /tmp: {r.stderr.strip()}")
+        return r.stdout.strip()
+
     def close(self) -> None:
         self.conn.close()
 
@@ -164,6 +180,9 @@ class _Borrowed:
 
     def upload(self, data: bytes, remote_path: str) -> None:
         self._inner.upload(data, remote_path)
+
+    def staging_dir(self) -> str:
+        return self._inner.staging_dir()
 
     def close(self) -> None:
         pass
@@ -256,12 +275,10 @@ class Progress:
     def __init__(self, sink: Callable[[str], None] = print) -> None:
         self._sink = sink
         self._lock = threading.Lock()
-        self.lines: list[str] = []
 
     def __call__(self, node: Node | str, message: str) -> None:
         line = f"[{getattr(node, 'name', node)}] {message}"
         with self._lock:
-            self.lines.append(line)
             self._sink(line)
 
 
@@ -351,7 +368,7 @@ def install(remote: Remote, files: Sequence[File]) -> list[File]:
     fix_modes = [f for f in files if f not in changed and modes.get(f.path) != (f.mode, f.owner, f.group)]
     script: list[str] = []
     if changed:
-        tmp = remote.run("umask 077 && mktemp -d /tmp/hardway.XXXXXXXX").stdout.strip()
+        tmp = remote.staging_dir()
         try:
             for i, f in enumerate(changed):
                 remote.upload(f.data(), f"{tmp}/{i}")
@@ -386,8 +403,20 @@ def unit_state(remote: Remote, unit: str) -> str:
     return systemctl(remote, "is-active", unit, check=False).stdout.strip() or "unknown"
 
 
-def unit_property(remote: Remote, unit: str, prop: str) -> str:
-    return remote.run(f"systemctl show --timestamp=unix -p {prop} --value {shlex.quote(unit)}").stdout.strip()
+def service_states(remote: Remote, services: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """(ActiveState, ActiveEnterTimestamp in epoch seconds) of each service, in one command."""
+    if not services:
+        return {}
+    out = remote.run("systemctl show --timestamp=unix -p Id,ActiveState,ActiveEnterTimestamp -- "
+                     + " ".join(shlex.quote(f"{s}.service") for s in services), check=False).stdout
+    states: dict[str, tuple[str, int | None]] = {s: ("unknown", None) for s in services}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        name = props.get("Id", "").removesuffix(".service")
+        stamp = props.get("ActiveEnterTimestamp", "").lstrip("@")
+        if name in states:
+            states[name] = (props.get("ActiveState", "unknown"), int(stamp) if stamp.isdigit() else None)
+    return states
 
 
 def stale_services(remote: Remote, files: Sequence[File]) -> set[str]:
@@ -407,11 +436,8 @@ def stale_services(remote: Remote, files: Sequence[File]) -> set[str]:
         if stamp.isdigit():
             mtimes[name] = int(stamp)
     stale: set[str] = set()
-    for service in services:
-        if unit_state(remote, service) != "active":
-            continue
-        started = unit_property(remote, service, "ActiveEnterTimestamp").lstrip("@")
+    for service, (state, started) in service_states(remote, services).items():
         newest = max((mtimes.get(f.path, 0) for f in files if service in f.services), default=0)
-        if started.isdigit() and newest > int(started):
+        if state == "active" and started is not None and newest > started:
             stale.add(service)
     return stale

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -119,7 +120,8 @@ def _plan_nodes(inv: Inventory, state: PkiState, outcomes: Sequence[pki.Outcome]
                 why = origins.get(f.sha256, "rendered from the inventory: content changed")
                 np.changes.append(FileChange(f.path, why))
         services = {s for f in np.files for s in f.services} | remote.stale_services(r, files)
-        np.restarts = [s for s in RESTART_ORDER if s in services and remote.unit_state(r, s) == "active"]
+        states = remote.service_states(r, [s for s in RESTART_ORDER if s in services])
+        np.restarts = [s for s, (state, _) in states.items() if state == "active"]
         progress(r.node, f"{len(np.changes)} file(s) to push, {len(np.restarts)} restart(s)")
         return np
 
@@ -197,8 +199,6 @@ def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, 
 
 def _restart_and_wait(inv: Inventory, node: Node, service: str, *, connector: Connector, progress: Progress,
                       timeout: float) -> None:
-    import time
-
     r = connector(inv, node)
     try:
         progress(node, f"restart {service}")

@@ -72,6 +72,11 @@ class FakeRemote:
         self.state.uploads.append(remote_path)
         self.state.files[remote_path] = FakeFile(data)
 
+    def staging_dir(self) -> str:
+        self.state.commands.append("(login user) mktemp -d")
+        self._tmp += 1
+        return f"/tmp/hardway.fake{self._tmp}"
+
     def close(self) -> None:
         pass
 
@@ -103,9 +108,6 @@ class FakeRemote:
             return "".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {p}\n" for p in paths if p in fs)
         if part.startswith("systemctl"):
             return self._systemctl(shlex.split(part))
-        if part.startswith("umask 077 && mktemp -d"):
-            self._tmp += 1
-            return f"/tmp/hardway.fake{self._tmp}\n"
         if part.startswith("install -d"):
             return ""
         words = shlex.split(part)
@@ -136,8 +138,13 @@ class FakeRemote:
         services = self.state.services
         if verb == "is-active":
             return "active\n" if unit in services and services[unit].active else "inactive\n"
-        if verb == "show" and "ActiveEnterTimestamp" in words:
-            return f"@{services[unit].started}\n" if unit in services else "\n"
+        if verb == "show" and "-p" in words:
+            blocks = []
+            for unit in (w.removesuffix(".service") for w in words[words.index("--") + 1:]):
+                svc = services.get(unit)
+                blocks.append(f"Id={unit}.service\nActiveState={'active' if svc and svc.active else 'inactive'}\n"
+                              f"ActiveEnterTimestamp={f'@{svc.started}' if svc else ''}\n")
+            return "\n".join(blocks)
         if verb == "restart":
             services[unit] = FakeService(True, self.state.tick())
             self.state.restarts.append(unit)

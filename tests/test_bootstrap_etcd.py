@@ -16,6 +16,7 @@ from hardway import remote
 from hardway.chapters import etcd
 from hardway.checks import FAIL, OK
 from hardway.errors import HardwayError
+from hardway.files import File
 from hardway.remote import Progress
 from hardway.state import PkiState
 
@@ -130,8 +131,8 @@ def test_stale_data_dir_is_refused_naming_node_path_and_fix(cluster) -> None:
     try:
         r.run(f"systemctl stop etcd && mv {inv.etcd.data_dir}/member /root/member.ours && "
               f"mkdir -p {inv.etcd.data_dir}/member/wal")
-        remote.install(r, [remote_file(f"{inv.etcd.data_dir}/member/wal/0000000000000000-0000000000000000.wal",
-                                       foreign)])
+        remote.install(r, [File(f"{inv.etcd.data_dir}/member/wal/0000000000000000-0000000000000000.wal",
+                     0o600, content=foreign)])
         with pytest.raises(HardwayError) as err:
             etcd.bootstrap(inv, state, progress=QUIET)
         message = str(err.value)
@@ -146,12 +147,6 @@ def test_stale_data_dir_is_refused_naming_node_path_and_fix(cluster) -> None:
         r.close()
     report = etcd.bootstrap(inv, state, progress=QUIET)
     assert report.started == [node.name] and not failures(report.results)
-
-
-def remote_file(path: str, data: bytes):
-    from hardway.files import File
-
-    return File(path, 0o600, content=data)
 
 
 def test_unreachable_node_is_one_line_and_nothing_is_reported_as_success(cluster, lab) -> None:

@@ -212,3 +212,44 @@ def test_cluster_with_a_foreign_member_and_split_leaders_fails() -> None:
 def test_no_quorum_means_no_member_list() -> None:
     results = etcd.judge_cluster(INV, {"controller-0": member_facts(members=None, status=None)})
     assert [r.status for r in results] == [FAIL, FAIL]
+
+
+def _tls_server(state, require_client_cert: bool):
+    """A loopback TLS server with the cluster's apiserver cert, answering one HTTP request."""
+    import socket
+    import ssl
+    import threading
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(state.cert("kube-apiserver"), state.key("kube-apiserver"))
+    ctx.load_verify_locations(state.cert("ca"))
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1024)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        except (OSError, ssl.SSLError):
+            pass  # the refusal under test
+        finally:
+            listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(("require", "expected"), [(True, "refused"), (False, "HTTP/1.1 200 OK")])
+def test_client_auth_probe_tells_a_demanding_server_from_an_open_one(state, require: bool, expected: str) -> None:
+    port = _tls_server(state, require_client_cert=require)
+    assert etcd._tls_request("127.0.0.1", port, state.cert("ca"), None) == expected
+
+
+def test_client_auth_probe_refuses_a_foreign_ca_certificate(state, tmp_path: Path) -> None:
+    from hardway.chapters.certificates import throwaway_client
+
+    port = _tls_server(state, require_client_cert=True)
+    assert etcd._tls_request("127.0.0.1", port, state.cert("ca"), throwaway_client(tmp_path, "ecdsa-p256")) == "refused"

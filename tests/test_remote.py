@@ -128,11 +128,14 @@ def test_sudo_wraps_the_whole_command_in_sh_c(tmp_path: Path) -> None:
     seen: list[str] = []
 
     class FakeRun:
-        exited, stdout, stderr = 0, "", ""
+        exited, stdout, stderr = 0, "/tmp/hardway.x\n", ""
 
     r.conn.run = lambda cmd, **kw: seen.append(cmd) or FakeRun()  # type: ignore[method-assign]
     r.run("a && b")
     assert seen == ["sudo -n sh -c 'a && b'"]
+    # the staging dir belongs to the login user: SFTP uploads as that user, not as root
+    assert r.staging_dir() == "/tmp/hardway.x"
+    assert seen[-1] == "umask 077 && mktemp -d /tmp/hardway.XXXXXXXX"
 
 
 class LocalShell:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import platform
 import re
 import shlex
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from hardway import plan, remote
 from hardway.chapters import etcd_ids
+from hardway.chapters.certificates import throwaway_client
 from hardway.checks import FAIL, OK, WARN, Check, Result
 from hardway.errors import HardwayError
 from hardway.files import File
@@ -72,10 +75,6 @@ def ctl(inv: Inventory, node: Node, args: str, endpoints: str | None = None) -> 
             f"--key={KEY} --command-timeout=5s --dial-timeout=3s {args}")
 
 
-def all_endpoints(inv: Inventory) -> str:
-    return ",".join(inv.etcd_client_url(n) for n in inv.controllers)
-
-
 def planned_files(inv: Inventory, state: PkiState, cache_dir: Path | None) -> dict[str, list[File]]:
     return {n.name: plan.chapter_files(inv, n, state, CHAPTER, cache_dir=cache_dir) for n in inv.controllers}
 
@@ -87,17 +86,26 @@ ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "armv7l", 0xF3: "riscv64"
 
 
 def elf_arch(path: Path) -> str | None:
-    head = path.read_bytes()[:20] if path.stat().st_size >= 20 else b""
-    if head[:4] != b"\x7fELF":
+    with path.open("rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
         return None
     return ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"), "unknown")
 
 
-def unit_flags(unit_text: str) -> list[str]:
-    """The --flags of a unit's ExecStart (continuations joined), without their values."""
+def exec_tokens(unit_text: str) -> list[str]:
+    """The words of a unit's ExecStart, continuations joined (a hand-broken unit still yields words)."""
     joined = re.sub(r"\\\n\s*", " ", unit_text)
     line = next((ln for ln in joined.splitlines() if ln.startswith("ExecStart=")), "")
-    return [tok.split("=", 1)[0] for tok in shlex.split(line.removeprefix("ExecStart=")) if tok.startswith("--")]
+    try:
+        return shlex.split(line.removeprefix("ExecStart="))
+    except ValueError:
+        return line.split()
+
+
+def unit_flags(unit_text: str) -> list[str]:
+    """The --flags of a unit's ExecStart, without their values."""
+    return [tok.split("=", 1)[0] for tok in exec_tokens(unit_text) if tok.startswith("--")]
 
 
 def binary_help(binary: Path) -> tuple[str, str]:
@@ -255,7 +263,7 @@ def preflight(
             binary_arch = elf_arch(etcd_file.source)
             if binary_arch is None:
                 findings.append(Finding("-", FAIL, f"binaries.etcd: {etcd_file.source} is not an ELF binary"))
-            elif binary_arch == _local_arch():
+            elif binary_arch == platform.machine():
                 version, helptext = binary_help(etcd_file.source)
                 unit = next(f for f in sample if f.path == UNIT_PATH)
                 bad = unknown_flags(unit_flags(unit.data().decode()), helptext)
@@ -283,12 +291,6 @@ def preflight(
             assert outcome.value is not None
             findings.extend(judge_preflight(inv, outcome.node, outcome.value, binary_arch))
     return findings
-
-
-def _local_arch() -> str:
-    import platform
-
-    return platform.machine()
 
 
 # --- bootstrap -------------------------------------------------------------------------------
@@ -349,14 +351,14 @@ def _bootstrap(inv: Inventory, state: PkiState, *, cache_dir: Path | None, conne
         raise HardwayError(f"push failed on {broken[0].error}; pushed to: {done}; etcd was not started — fix "
                            "and re-run (it converges)")
 
-    started, restarted = start_members(inv, written, files=files, connector=connector, progress=progress,
+    started, restarted = start_members(inv, written, files, connector=connector, progress=progress,
                                        timeout=timeout)
     results = verify(inv, state, cache_dir=cache_dir, connector=connector)
     return BootstrapReport(findings, written, restarted, started, results, time.monotonic() - t0)
 
 
 def start_members(
-    inv: Inventory, written: dict[str, list[str]], *, files: dict[str, list[File]] | None = None,
+    inv: Inventory, written: dict[str, list[str]], files: dict[str, list[File]], *,
     connector: Connector = remote.connect, progress: Progress | None = None, timeout: float = 90.0,
 ) -> tuple[list[str], list[str]]:
     """Start stopped members together; restart changed running members one at a time. Returns names."""
@@ -369,7 +371,7 @@ def start_members(
         remote.systemctl(r, "enable", "--quiet", UNIT)
         state = remote.unit_state(r, UNIT)
         # restart when this run changed its files, or an interrupted earlier run did
-        stale = bool(paths) or (files is not None and UNIT in remote.stale_services(r, files[r.node.name]))
+        stale = bool(paths) or UNIT in remote.stale_services(r, files[r.node.name])
         return state, stale
 
     states = remote.fan_out(inv, inv.controllers, prepare, connector=connector)
@@ -386,7 +388,10 @@ def start_members(
             remote.systemctl(r, "reset-failed", UNIT, check=False)
             remote.systemctl(r, "start", "--no-block", UNIT)
 
-        remote.fan_out(inv, to_start, start, connector=connector)
+        failed = [o for o in remote.fan_out(inv, to_start, start, connector=connector) if not o.ok]
+        if failed:
+            raise HardwayError(f"cannot start etcd: {failed[0].error}; see `journalctl -u etcd` there, or run "
+                               "`invoke verify --chapter etcd`")
         wait_healthy(inv, to_start, connector=connector, progress=progress, timeout=timeout)
     for node in to_restart:  # rolling: quorum and service are kept
         rolling_restart(inv, node, connector=connector, progress=progress, timeout=timeout)
@@ -487,7 +492,7 @@ def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
         except ValueError:
             f.members = None
     unit_text = out["unit"].stdout if out["unit"].ok else ""
-    referenced = sorted({v for tok in _exec_tokens(unit_text) for v in [tok.split("=", 1)[-1]]
+    referenced = sorted({v for tok in exec_tokens(unit_text) for v in [tok.split("=", 1)[-1]]
                          if v.startswith("/") and "," not in v} - set(paths))
     if referenced:
         found = remote.parse_modes(r.run(remote.modes_command(referenced)).stdout, referenced)
@@ -496,15 +501,6 @@ def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
         if f.files.get(p) is not None:
             f.referenced.setdefault(p, True)
     return f
-
-
-def _exec_tokens(unit_text: str) -> list[str]:
-    joined = re.sub(r"\\\n\s*", " ", unit_text)
-    line = next((ln for ln in joined.splitlines() if ln.startswith("ExecStart=")), "")
-    try:
-        return shlex.split(line.removeprefix("ExecStart="))
-    except ValueError:
-        return line.split()
 
 
 def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[File]) -> list[Result]:
@@ -601,12 +597,9 @@ def judge_cluster(inv: Inventory, facts: dict[str, MemberFacts]) -> list[Result]
     return res
 
 
-def client_auth_results(inv: Inventory, state: PkiState) -> list[Result]:
+def client_auth_results(inv: Inventory, state: PkiState, node: Node) -> list[Result]:
     """A client without a certificate, and one with a certificate from another CA, must be refused."""
-    from hardway.chapters.certificates import throwaway_client
-
     res: list[Result] = []
-    node = inv.controllers[0]
     host, port = str(node.address), 2379
     with tempfile.TemporaryDirectory(prefix="hardway-authcheck-") as tmp:
         foreign_cert, foreign_key = throwaway_client(Path(tmp), inv.key_algorithm)
@@ -628,8 +621,6 @@ def client_auth_results(inv: Inventory, state: PkiState) -> list[Result]:
 
 
 def _tls_request(host: str, port: int, ca: Path, client: tuple[Path, Path] | None) -> str:
-    import socket
-
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.check_hostname = False  # we test client auth, not the server's SAN (pki tests cover that)
     if client:
@@ -666,7 +657,9 @@ def verify(inv: Inventory, state: PkiState, *, cache_dir: Path | None = None,
         facts[o.node.name] = o.value
         results.extend(judge_member(inv, o.node, o.value, files[o.node.name]))
     results.extend(judge_cluster(inv, facts))
-    results.extend(client_auth_results(inv, state))
+    # ask a member that is serving, so a stopped one does not turn this check into "unreachable"
+    probe = next((n for n in inv.controllers if facts.get(n.name) and facts[n.name].healthy), inv.controllers[0])
+    results.extend(client_auth_results(inv, state, probe))
     return results
 
 
