@@ -49,6 +49,19 @@ def load_inventory(path: str | None):  # -> hardway.inventory.Inventory
     return inv
 
 
+def seconds(value, flag: str, default: float) -> float:
+    """A positive number of seconds from a flag (invoke's own int parsing would raise a traceback)."""
+    if value is None:
+        return default
+    try:
+        parsed = float(value)
+    except ValueError:
+        parsed = -1.0
+    if parsed <= 0:
+        raise HardwayError(f"{flag}: {value!r} is not a positive number of seconds")
+    return parsed
+
+
 def pki_state(inv, pki_dir: str | None):  # -> hardway.state.PkiState
     from hardway.state import PkiState
 
@@ -162,7 +175,7 @@ LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventor
     "timeout": "seconds to wait for every node to be SSH-ready (default: 60 + 10 per node)",
 })
 @user_errors
-def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=0):
+def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None):
     """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
     from hardway import lab
 
@@ -173,7 +186,7 @@ def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=0):
 
     copy = ROOT / "inventory" / "lab.yaml" if name == lab.DEFAULT_NAME else None
     lab.up(name, count("nodes", nodes), count("workers", workers), subnet, inventory_copy=copy,
-           timeout=float(timeout) or None)
+           timeout=None if timeout is None else seconds(timeout, "--timeout", 0.0))
 
 
 @task(name="down", auto_shortflags=False, help={"name": LAB_NAME_HELP})
@@ -214,16 +227,17 @@ CACHE_DIR = ROOT / "build" / "cache"
     "timeout": "seconds to wait for every member to become healthy (default 90)",
 })
 @user_errors
-def bootstrap_etcd(c, inventory=None, pki_dir=None, timeout=90):
+def bootstrap_etcd(c, inventory=None, pki_dir=None, timeout=None):
     """Preflight, push and start a TLS etcd member on every controller, then verify the cluster."""
     from hardway import binaries, checks
     from hardway.chapters import etcd
 
+    wait = seconds(timeout, "--timeout", 90.0)
     inv = load_inventory(inventory)
     for name in ("etcd", "etcdctl"):
         if name in inv.binaries:
             binaries.fetch(inv.binaries[name], CACHE_DIR)
-    report = etcd.bootstrap(inv, pki_state(inv, pki_dir), cache_dir=CACHE_DIR, timeout=float(timeout))
+    report = etcd.bootstrap(inv, pki_state(inv, pki_dir), cache_dir=CACHE_DIR, timeout=wait)
     print(checks.format_table(report.results))
     print(f"{report.summary()} ({report.seconds:.1f}s)")
     if checks.failed(report.results):
@@ -282,13 +296,14 @@ def _days(value, flag: str) -> int:
     "timeout": "seconds to wait for each restarted service (default 90)",
 })
 @user_errors
-def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within=None, timeout=90):
+def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within=None, timeout=None):
     """After an address or SAN change in the inventory: reissue exactly what it affects, push, restart rolling."""
     from datetime import timedelta
 
     from hardway import checks, rotate
     from hardway.chapters import certificates, etcd
 
+    wait = seconds(timeout, "--timeout", 90.0)
     inv = load_inventory(inventory)
     state = pki_state(inv, pki_dir)
     window = timedelta(days=_days(expiring_within, "--expiring-within")) if expiring_within else None
@@ -296,7 +311,7 @@ def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within
         print(rotate.plan_rotation(inv, state, renew_within=window, cache_dir=CACHE_DIR).format())
         print("dry run: nothing was changed")
         return
-    report = rotate.rotate(inv, state, renew_within=window, cache_dir=CACHE_DIR, timeout=float(timeout))
+    report = rotate.rotate(inv, state, renew_within=window, cache_dir=CACHE_DIR, timeout=wait)
     print(report.plan.format())
     selected = certificates.checks(inv, state)
     if any(svc == "etcd" for svc, _ in report.restarted) or any(
