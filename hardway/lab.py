@@ -93,6 +93,10 @@ DISTRIBUTED_BINARIES = (
 )
 # Host state that must not show through: the packaged etcd's data dir (a node starts without one).
 HIDDEN_DIRS = ("var/lib/etcd",)
+# Where a jumpbox keeps secrets: nodes get these as empty directories of their own (opaque in the
+# overlay), so a CA key in the checkout's pki/ or a test's PKI under /tmp never reaches a node.
+EMPTIED_DIRS = ("tmp", "var/tmp", "home", "root")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the hardway checkout: pki/, build/
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _SHORT_TAG = re.compile(r"^[a-z0-9]{1,6}$")
@@ -680,6 +684,7 @@ class NodeImage:
 
     masks: tuple[str, ...]  # units masked in /etc/systemd/system
     hidden: tuple[str, ...]  # paths relative to / whited out
+    emptied: tuple[str, ...] = ()  # directories relative to / that start empty on the node
     enable: tuple[str, ...] = ("multi-user.target.wants/ssh.service",)
 
 
@@ -719,7 +724,10 @@ def node_image(state_root: Path = STATE_ROOT, host_root: Path = Path("/")) -> No
         rel_state = state_root.resolve().relative_to(host_root.resolve())
         if str(rel_state) != ".":
             hidden.add(str(rel_state))
-    return NodeImage(masks=tuple(sorted(masks)), hidden=tuple(sorted(hidden)))
+    emptied = {rel for rel in EMPTIED_DIRS if os.path.isdir(host_root / rel)}
+    with contextlib.suppress(ValueError):
+        emptied.add(str(PROJECT_ROOT.relative_to(host_root.resolve())))
+    return NodeImage(masks=tuple(sorted(masks)), hidden=tuple(sorted(hidden)), emptied=tuple(sorted(emptied)))
 
 
 def _host_key() -> tuple[bytes, str]:
@@ -767,8 +775,8 @@ def prepare_node(p: LabPlan, node: LabNode, image: NodeImage, authorized_key: st
     _put(upper, "etc/hostname", f"{node.name}\n")
     _put(upper, "etc/machine-id", f"{uuid.uuid4().hex}\n", 0o444)
     _put(upper, "etc/hosts", render_hosts(p))
-    # root's home starts as Debian's, not the jumpbox's (its dotfiles, keys and credentials)
-    os.setxattr(_mkdirs(upper, "root"), "trusted.overlay.opaque", b"y")
+    for rel in image.emptied:  # root's home among them: Debian's dotfiles, not the jumpbox's
+        os.setxattr(_mkdirs(upper, rel), "trusted.overlay.opaque", b"y")
     for dotfile in ("bashrc", "profile"):
         default = Path(f"/usr/share/base-files/dot.{dotfile}")
         _put(upper, f"root/.{dotfile}", default.read_bytes() if default.is_file() else b"")

@@ -248,7 +248,8 @@ def test_preflight_installs_missing_packages_with_a_message(monkeypatch: pytest.
 @pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts (mknod) and chown need root")
 def test_prepare_node_writes_identity_masks_and_whiteouts(tmp_path: Path) -> None:
     p = lab_lib.plan("t4", 1, 1, "10.78.12.0/24", state_root=tmp_path / "labs")
-    image = lab_lib.NodeImage(masks=("postgresql.service",), hidden=("usr/bin/etcd", "var/lib/etcd"))
+    image = lab_lib.NodeImage(masks=("postgresql.service",), hidden=("usr/bin/etcd", "var/lib/etcd"),
+                              emptied=("root", "tmp"))
     node = p.node("worker-0")
     lab_lib.prepare_node(p, node, image, "ssh-ed25519 AAAA test\n")
     upper = p.upper(node)
@@ -258,6 +259,8 @@ def test_prepare_node_writes_identity_masks_and_whiteouts(tmp_path: Path) -> Non
     assert (upper / "root/.ssh/authorized_keys").read_text() == "ssh-ed25519 AAAA test\n"
     assert stat.S_IMODE((upper / "root/.ssh/authorized_keys").stat().st_mode) == 0o600
     assert os.getxattr(upper / "root", "trusted.overlay.opaque") == b"y"  # the host's home stays hidden
+    assert os.getxattr(upper / "tmp", "trusted.overlay.opaque") == b"y"
+    assert stat.S_IMODE((upper / "tmp").stat().st_mode) == 0o1777
     assert sorted(os.listdir(upper / "root")) == [".bashrc", ".profile", ".ssh"]
     assert stat.S_IMODE((upper / "etc/ssh/ssh_host_ed25519_key").stat().st_mode) == 0o600
     assert lab_lib.read_host_key(p, node).startswith("ssh-ed25519 ")
@@ -537,3 +540,32 @@ def test_a_second_lab_runs_beside_the_first(lab: lab_lib.Lab, lab_factory) -> No
     assert lab.pids() == pids
     with connect(lab, "controller-0") as c:
         assert run(c, "hostname") == "controller-0"
+
+
+@pytest.mark.lab
+def test_jumpbox_secrets_never_show_on_nodes(lab: lab_lib.Lab, tmp_path: Path) -> None:
+    """Nodes boot from the host's /, but the checkout (pki/, build/), /tmp and homes start empty there."""
+    from hardway import remote
+
+    planted = [lab_lib.PROJECT_ROOT / "pki" / "planted-ca.key", tmp_path / "planted.key"]
+    for path in planted:
+        path.write_text("not for nodes\n")
+    try:
+        for node in lab.inventory.nodes:
+            r = remote.connect(lab.inventory, node)
+            try:
+                for path in planted:
+                    assert not r.run(f"test -e {path}", check=False).ok, f"{node.name} sees {path}"
+                assert r.run(f"ls -A {lab_lib.PROJECT_ROOT}").stdout == ""
+                assert r.run("test -d /tmp && test -w /tmp", check=False).ok, "nodes keep a usable /tmp"
+            finally:
+                r.close()
+    finally:
+        for path in planted:
+            path.unlink()
+
+
+def test_node_image_empties_the_checkout_and_tmp() -> None:
+    emptied = lab_lib.node_image().emptied
+    assert {"tmp", "var/tmp", "root"} <= set(emptied)
+    assert str(lab_lib.PROJECT_ROOT.relative_to("/")) in emptied
