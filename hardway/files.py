@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -26,7 +26,7 @@ class File:
 
     path: str
     mode: int
-    content: bytes | None = None
+    content: bytes | None = field(default=None, repr=False)  # may be a key: never in a repr or log
     source: Path | None = None
     owner: str = "root"
     group: str = "root"

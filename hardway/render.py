@@ -367,15 +367,17 @@ def write_build(inv: Inventory, state: PkiState, out_dir: Path, node: str | None
     Each node directory is rebuilt from scratch in a sibling temp dir and swapped in, so files of
     an earlier render that the plan no longer holds disappear. Directories are 0700, secret files
     0600, others their planned mode. Binaries are listed in ``manifest.json`` (sha256, source) but
-    not copied. Same inventory and same PKI give the same bytes.
+    not copied. Same inventory and same PKI give the same bytes. Units are linted with
+    systemd-analyze in the staging dir: a rejected unit raises and the previous build stays.
     """
     from hardway import plan
 
     names = [inv.node(node).name] if node else [n.name for n in inv.nodes]
     plans = {name: plan.node_files(inv, name, state, cache_dir=cache_dir) for name in names}
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(out_dir, 0o700)  # holds keys
+    if not out_dir.exists():  # a directory the user chose and made keeps its own mode
+        out_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(out_dir, 0o700)  # holds keys (node dirs below are 0700 in any case)
     written: list[Path] = []
     for name, files in plans.items():
         final = out_dir / name
@@ -396,6 +398,11 @@ def write_build(inv: Inventory, state: PkiState, out_dir: Path, node: str | None
             manifest = json.dumps(entries, indent=2, sort_keys=True).encode() + b"\n"
             _write(staging / "manifest.json", manifest, 0o644)
             paths.append(final / "manifest.json")
+            problems = lint_units(sorted((staging / "etc/systemd/system").glob("*.service")))
+            if problems:
+                shown = "; ".join(p.replace(str(staging), str(final)) for p in problems[:3])
+                raise HardwayError(f"render: systemd-analyze verify rejects {name}'s units ({shown}); "
+                                   f"{final} was left as it was")
             old = None
             if final.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=out_dir))

@@ -4,6 +4,8 @@ cleanup and two labs side by side."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -12,13 +14,13 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import fabric
 import paramiko
 import pytest
 
-from hardway import inventory
+from hardway import inventory, remote
 from hardway import lab as lab_lib
 from hardway.errors import HardwayError
 
@@ -302,28 +304,21 @@ def test_format_status_table() -> None:
 # The real lab
 
 
-class StrictConnection(fabric.Connection):
-    """A Fabric connection that only accepts host keys listed in the lab's known_hosts."""
-
-    def __init__(self, *args: object, known_hosts: Path, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        client = paramiko.SSHClient()  # Fabric's own client auto-adds unknown keys: replace it
-        client.load_host_keys(str(known_hosts))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        self.client = client
-
-
-def connect(the_lab: lab_lib.Lab, node: str, known_hosts: Path | None = None) -> StrictConnection:
+@contextlib.contextmanager
+def connect(the_lab: lab_lib.Lab, node: str, known_hosts: Path | None = None) -> Iterator[remote.Remote]:
+    """hardway's own remote layer (strict host keys from the inventory's known_hosts)."""
     inv = the_lab.inventory
-    return StrictConnection(
-        str(inv.node(node).address), user=inv.ssh.user,
-        connect_kwargs={"key_filename": str(inv.ssh.key), "allow_agent": False, "look_for_keys": False},
-        connect_timeout=10, known_hosts=known_hosts or inv.ssh.known_hosts,
-    )
+    if known_hosts is not None:
+        inv = dataclasses.replace(inv, ssh=dataclasses.replace(inv.ssh, known_hosts=known_hosts))
+    r = remote.connect(inv, inv.node(node))
+    try:
+        yield r
+    finally:
+        r.close()
 
 
-def run(c: fabric.Connection, cmd: str) -> str:
-    return c.run(cmd, hide=True, warn=True, in_stream=False).stdout.strip()
+def run(r: remote.Remote, cmd: str) -> str:
+    return r.run(cmd, check=False).stdout.strip()
 
 
 def leftovers(name: str, subnet: ipaddress.IPv4Network | None = None) -> list[str]:
@@ -381,9 +376,9 @@ def test_every_node_answers_strict_ssh_as_the_inventory_says(lab: lab_lib.Lab) -
 def test_an_unknown_host_key_is_rejected(lab: lab_lib.Lab, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    with connect(lab, "controller-0", known_hosts=empty) as c, \
-            pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
-        c.run("true", hide=True)
+    with pytest.raises(remote.RemoteError, match=r"controller-0 \(.*\): host key not in .*known_hosts; record it "
+                                                 "deliberately"), connect(lab, "controller-0", known_hosts=empty):
+        pass
 
 
 @pytest.mark.lab
@@ -545,8 +540,6 @@ def test_a_second_lab_runs_beside_the_first(lab: lab_lib.Lab, lab_factory) -> No
 @pytest.mark.lab
 def test_jumpbox_secrets_never_show_on_nodes(lab: lab_lib.Lab, tmp_path: Path) -> None:
     """Nodes boot from the host's /, but the checkout (pki/, build/), /tmp and homes start empty there."""
-    from hardway import remote
-
     planted = [lab_lib.PROJECT_ROOT / "pki" / "planted-ca.key", tmp_path / "planted.key"]
     for path in planted:
         path.write_text("not for nodes\n")

@@ -163,3 +163,8 @@ def test_run_sections_separates_outputs_and_exit_codes_in_one_exec() -> None:
     assert (out["stderr"].stdout, out["stderr"].exit_code) == ("oops\n", 3)
     assert out["compound"].stdout == "yes\n"
     assert out["empty"].stdout == "" and out["empty"].ok
+
+
+def test_a_file_never_shows_its_content_in_a_repr() -> None:
+    secret = File("/etc/etcd/etcd.key", 0o600, content=b"-----BEGIN PRIVATE KEY-----", secret=True)
+    assert "PRIVATE" not in repr(secret) and "PRIVATE" not in str([secret])

@@ -15,6 +15,7 @@ import pytest
 
 from hardway import inventory
 from hardway.errors import HardwayError
+from hardway.files import File
 from hardway.inventory import Inventory
 from hardway.plan import etcd_argv, node_files
 from hardway.render import exec_argv, lint_units, render, systemd_exec, systemd_quote, write_build
@@ -215,6 +216,14 @@ def test_lint_ignores_the_host_etc(tmp_path, monkeypatch):
     """A unit named like one the host masks or drops in for is judged on its own bytes."""
     unit = tmp_path / "etcd.service"
     unit.write_text("[Unit]\nDescription=mine\n\n[Service]\nType=notify\nExecStart=/usr/local/bin/etcd\n")
+    # a drop-in of the host's for the same unit name, which plain `systemd-analyze verify` merges in
+    dropin = tmp_path / "host" / "etcd.service.d"
+    dropin.mkdir(parents=True)
+    (dropin / "x.conf").write_text("[Service]\nBogusKey=1\n")
+    monkeypatch.setenv("SYSTEMD_UNIT_PATH", f"{tmp_path / 'host'}:")
+    plain = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=false", str(unit)],
+                           capture_output=True, text=True, check=False)
+    assert "BogusKey" in plain.stderr  # the host's drop-in does reach an unisolated verify
     assert lint_units([unit]) == []
     assert exec_argv(unit) == [["/usr/local/bin/etcd"]]
 
@@ -305,3 +314,20 @@ def test_failed_render_keeps_the_previous_build(inv, state, tmp_path):
     with pytest.raises(HardwayError, match="run `invoke pki`"):
         write_build(inv, PkiState(tmp_path / "no-pki"), out, "worker-0")
     assert tree(out) == before
+
+
+def test_a_unit_systemd_rejects_keeps_the_previous_build(inv, state, tmp_path, monkeypatch):
+    """Fails at lint, after every file reached the staging dir: nothing of it may land or linger."""
+    from hardway import plan
+
+    out = tmp_path / "out"
+    write_build(inv, state, out, "worker-0")
+    before = tree(out)
+    real = plan.node_files
+    broken = File("/etc/systemd/system/broken.service", 0o644,
+                  content=b"[Service]\nExecStart=/bin/true \\ \n  --dropped\n")  # space after the backslash
+    monkeypatch.setattr(plan, "node_files", lambda *a, **kw: [*real(*a, **kw), broken])
+    with pytest.raises(HardwayError, match=r"systemd-analyze verify rejects worker-0's units .* was left as it was"):
+        write_build(inv, state, out, "worker-0")
+    assert tree(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["worker-0"], "no staging dir left behind"

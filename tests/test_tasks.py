@@ -34,3 +34,13 @@ def test_bad_flag_is_one_line_and_exit_1(command: str, tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert lines[0].startswith(BAD_FLAGS[command]), lines[0]
+
+
+def test_a_path_under_a_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {**os.environ, "HARDWAY_INVENTORY": str(ROOT / "inventory" / "sample.yaml")}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "pki", "--pki-dir",
+                           str(blocker / "pki")], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"error: Not a directory: {blocker / 'pki'}"
