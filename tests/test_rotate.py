@@ -170,3 +170,16 @@ def test_a_leftover_old_address_is_a_check_failure(deployed) -> None:
     assert results[("kubeconfig", "kube-scheduler")].status == "ok"  # talks to 127.0.0.1
     jumpbox.generate(new_inv, state)
     assert {r.status for r in certificates.results(new_inv, state)} == {"ok"}
+
+
+def test_a_world_readable_kubeconfig_or_encryption_config_is_a_check_failure(deployed) -> None:
+    from hardway.chapters import certificates
+
+    inv, state, _cluster = deployed
+    state.kubeconfig("admin").chmod(0o644)
+    state.encryption_config.chmod(0o640)
+    failed = {r.node: r.detail for r in certificates.results(inv, state) if r.status == "fail"}
+    assert failed == {"admin.kubeconfig": f"{state.kubeconfig('admin')} is 0644, want 0600",
+                      "encryption-config.yaml": f"{state.encryption_config} is 0640, want 0600"}
+    jumpbox.generate(inv, state)  # tightens them again
+    assert {r.status for r in certificates.results(inv, state)} == {"ok"}

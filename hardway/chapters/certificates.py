@@ -33,6 +33,15 @@ def results(inv: Inventory, state: PkiState) -> list[Result]:
                               "run `invoke rotate-certs` (or `invoke pki`) to rewrite and push it"))
         else:
             out.append(Result(CHAPTER, "kubeconfig", spec.name, OK, f"server {spec.server}, current certificates"))
+    # kubeconfigs embed client keys; the encryption config holds the key to every Secret
+    secrets = [state.kubeconfig(s.name) for s in kubeconfig.kubeconfig_specs(inv)] + [state.encryption_config]
+    loose = [p for p in secrets if p.exists() and p.stat().st_mode & 0o077]
+    for p in loose:
+        out.append(Result(CHAPTER, "secret-mode", p.name, FAIL, f"{p} is {p.stat().st_mode & 0o777:04o}, want 0600",
+                          f"chmod 600 {p} (`invoke pki` does it too)"))
+    if not loose:
+        out.append(Result(CHAPTER, "secret-mode", "-", OK,
+                          f"{len(secrets) - 1} kubeconfigs and the encryption config are 0600"))
     return out
 
 
