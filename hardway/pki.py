@@ -551,6 +551,8 @@ def ensure_certificates(inv: Inventory, state: PkiState, *, now: datetime | None
                            write_key=not reuse, cert=issue(spec, key, inv, now, ca.cert, ca.key)))
 
     outcomes: list[Outcome] = []
+    if rotate_ca and state.cert(CA_NAME).exists():
+        _keep_previous_ca(state)
     for plan in plans:
         assert plan.cert is not None
         reasons = plan.reasons
@@ -565,6 +567,18 @@ def ensure_certificates(inv: Inventory, state: PkiState, *, now: datetime | None
         if plan.spec.name == SERVICE_ACCOUNTS:
             outcomes.append(_ensure_public_key(state, plan.key))
     return outcomes
+
+
+def _keep_previous_ca(state: PkiState) -> None:
+    """Before --rotate-ca overwrites the CA, keep the old pair as ca.prev.* (key 0600).
+
+    Nodes still trust the old CA until they receive the new one, and a run interrupted between
+    writing ca.key and ca.crt must be recoverable from something hardway itself kept.
+    """
+    for src, dst, mode in ((state.key(CA_NAME), state.key(f"{CA_NAME}.prev"), KEY_MODE),
+                           (state.cert(CA_NAME), state.cert(f"{CA_NAME}.prev"), CERT_MODE)):
+        if src.exists():
+            write_atomic(dst, src.read_bytes(), mode)
 
 
 def _ensure_public_key(state: PkiState, key: PrivateKey) -> Outcome:

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hardway import encryption, inventory, kubeconfig, pki
+from hardway import inventory, jumpbox, pki
 from hardway.errors import HardwayError
 from hardway.state import PkiState
 
@@ -93,13 +93,6 @@ EXPECTED = {
 CASES = [(label, spec.name) for label, inv in INVENTORIES.items() for spec in pki.catalogue(inv)]
 
 
-def generate_all(inv, state: PkiState, **kwargs) -> list[pki.Outcome]:
-    out = pki.ensure_certificates(inv, state, **kwargs)
-    out += kubeconfig.ensure_kubeconfigs(inv, state)
-    out.append(encryption.ensure_encryption_config(inv, state))
-    return out
-
-
 def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode & 0o777)
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -123,7 +116,7 @@ def built(tmp_path_factory) -> dict[str, PkiState]:
     states = {}
     for label, inv in INVENTORIES.items():
         state = PkiState(tmp_path_factory.mktemp(label) / "pki")
-        generate_all(inv, state)
+        jumpbox.generate(inv, state)
         states[label] = state
     return states
 
@@ -243,7 +236,7 @@ def test_rsa_4096_keys_are_4096_bits(tmp_path):
 
 def test_second_run_keeps_every_byte_and_mtime(sample_copy):
     before = snapshot(sample_copy.root)
-    out = generate_all(INVENTORIES["sample"], sample_copy)
+    out = jumpbox.generate(INVENTORIES["sample"], sample_copy)
     assert {o.action for o in out} == {"kept"}, pki.format_outcomes(out)
     assert all(not o.reasons for o in out)
     assert snapshot(sample_copy.root) == before
@@ -252,7 +245,7 @@ def test_second_run_keeps_every_byte_and_mtime(sample_copy):
 def test_endpoint_change_reissues_only_the_apiserver(sample_copy):
     inv = sample_with("address: 10.240.0.100", "address: 10.240.0.200")
     before = snapshot(sample_copy.root)
-    out = generate_all(inv, sample_copy)
+    out = jumpbox.generate(inv, sample_copy)
     certs = by_name(out)
     assert {n for n, o in certs.items() if o.action != "kept"} == {"kube-apiserver"}
     api = certs["kube-apiserver"]
@@ -406,7 +399,7 @@ def test_rotate_ca_reissues_everything(sample_copy):
     inv = INVENTORIES["sample"]
     old_ca = sample_copy.cert("ca").read_bytes()
     before = snapshot(sample_copy.root)
-    out = generate_all(inv, sample_copy, rotate_ca=True)
+    out = jumpbox.generate(inv, sample_copy, rotate_ca=True)
     certs = by_name(out)
     assert {o.action for o in certs.values()} == {"reissued"}
     assert "every certificate is reissued" in certs["ca"].reasons[0]
@@ -422,6 +415,9 @@ def test_rotate_ca_reissues_everything(sample_copy):
     r = subprocess.run(["openssl", "verify", "-CAfile", sample_copy.cert("ca"), *certs_paths],
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.count(": OK") == len(certs_paths), r.stdout + r.stderr
+    # the old pair is kept: nodes still trust it until they are re-pushed
+    assert (after["ca.prev.key"][0], after["ca.prev.crt"][0]) == (before["ca.key"][0], before["ca.crt"][0])
+    assert after["ca.prev.key"][2] == 0o600
 
 
 def test_failed_write_leaves_no_temp_files(tmp_path, monkeypatch):
