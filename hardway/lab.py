@@ -886,8 +886,10 @@ def _launch(p: LabPlan, node: LabNode) -> int:
     with log_path.open("ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {node.name}\n".encode())
         out.flush()
-        subprocess.run(["setsid", "--fork", *nspawn_command(p, node)], stdin=subprocess.DEVNULL,
-                       stdout=out, stderr=out, check=True)
+        forked = subprocess.run(["setsid", "--fork", *nspawn_command(p, node)], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, check=False)
+    if forked.returncode != 0:
+        raise HardwayError(f"node {node.name}: cannot start systemd-nspawn (exit {forked.returncode}); see {log_path}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         pid = nspawn_processes(p).get(node.name)
@@ -1119,29 +1121,44 @@ def up(
             report(f"lab {name} is already running ({len(p.nodes)} nodes on {p.subnet}, bridge {p.bridge}); "
                    "nothing changed" + (f" (rewrote {inventory_copy})" if wrote else ""))
             return Lab(p)
-        _check_subnet_free(p)
-        started = time.monotonic()
-        p.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(p.state_dir, 0o700)
-        p.record_path.write_text(json.dumps(p.record(), indent=2) + "\n")
-        if len(todo) < len(p.nodes):
-            report(f"lab {name}: starting {', '.join(n.name for n in todo)} (the others are running)")
-        authorized = _ensure_client_key(p)
-        image = node_image(state_root)
-        for node in p.nodes:
-            prepare_node(p, node, image, authorized)
-        _write_known_hosts(p)
-        write_inventory(p, p.inventory_path)
-        if inventory_copy is not None:
-            write_inventory(p, inventory_copy)
-        _ensure_bridge(p)
-        for node in todo:
-            _start(p, node)
-        _wait_ready(p, list(p.nodes), timeout or 60.0 + 10.0 * len(todo))
-        report(f"lab {name}: {len(p.nodes)} nodes SSH-ready in {time.monotonic() - started:.1f} s "
-               f"({p.controllers} controllers + {p.workers} workers on {p.subnet}; jumpbox {p.gateway} on "
-               f"{p.bridge}); inventory {inventory_copy or p.inventory_path}")
-        return Lab(p)
+        fresh = recorded is None
+        try:
+            _check_subnet_free(p)
+            started = time.monotonic()
+            p.state_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(p.state_dir, 0o700)
+            p.record_path.write_text(json.dumps(p.record(), indent=2) + "\n")
+            if len(todo) < len(p.nodes):
+                report(f"lab {name}: starting {', '.join(n.name for n in todo)} (the others are running)")
+            authorized = _ensure_client_key(p)
+            image = node_image(state_root)
+            for node in p.nodes:
+                prepare_node(p, node, image, authorized)
+            _write_known_hosts(p)
+            write_inventory(p, p.inventory_path)
+            if inventory_copy is not None:
+                write_inventory(p, inventory_copy)
+            _ensure_bridge(p)
+            for node in todo:
+                _start(p, node)
+            _wait_ready(p, list(p.nodes), timeout or 60.0 + 10.0 * len(todo))
+            report(f"lab {name}: {len(p.nodes)} nodes SSH-ready in {time.monotonic() - started:.1f} s "
+                   f"({p.controllers} controllers + {p.workers} workers on {p.subnet}; jumpbox {p.gateway} on "
+                   f"{p.bridge}); inventory {inventory_copy or p.inventory_path}")
+            return Lab(p)
+        except HardwayError:
+            raise  # it names the console log to read and `lab.down` to clean up: the lab stays to inspect
+        except BaseException as exc:
+            # A killed run is resumed by the next lab.up; a fresh one that crashed or was interrupted
+            # (Ctrl-C) is undone, so no machine, mount or netns outlives the error.
+            if fresh:
+                with contextlib.suppress(Exception):
+                    _teardown(p, lambda _m: None)
+            if isinstance(exc, OSError):
+                raise HardwayError(f"lab {name}: {exc.strerror or exc}: {exc.filename or ''}"
+                                   + ("; nothing was left behind" if fresh else
+                                      f"; `invoke lab.down --name {name}` removes the lab")) from None
+            raise
 
 
 def get(name: str = DEFAULT_NAME, state_root: Path = STATE_ROOT) -> Lab:

@@ -562,3 +562,22 @@ def test_node_image_empties_the_checkout_and_tmp() -> None:
     emptied = lab_lib.node_image().emptied
     assert {"tmp", "var/tmp", "root"} <= set(emptied)
     assert str(lab_lib.PROJECT_ROOT.relative_to("/")) in emptied
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("failure", [OSError(5, "Input/output error", "/sys/class/net/x"), KeyboardInterrupt()])
+def test_a_fresh_up_that_crashes_midway_leaves_nothing(lab_factory, monkeypatch, failure: BaseException) -> None:
+    name, subnet = lab_factory.reserve()
+    real_start = lab_lib._start
+
+    def start_then_fail(p, node):  # the first machine is up, netns and mounts exist: then it breaks
+        real_start(p, node)
+        raise failure
+
+    monkeypatch.setattr(lab_lib, "_start", start_then_fail)
+    expected = HardwayError if isinstance(failure, OSError) else KeyboardInterrupt
+    with pytest.raises(expected) as err:
+        lab_lib.up(name, 2, 0, str(subnet), report=lambda _m: None)
+    if expected is HardwayError:
+        assert str(err.value) == f"lab {name}: Input/output error: /sys/class/net/x; nothing was left behind"
+    assert leftovers(name, subnet) == []
