@@ -65,6 +65,13 @@ def seconds(value, flag: str, default: float) -> float:
     return parsed
 
 
+def whole_number(value, flag: str) -> int | None:
+    """A count from a flag, None when not given."""
+    if value is not None and not str(value).isdigit():
+        raise HardwayError(f"{flag}: {value!r} is not a whole number")
+    return None if value is None else int(value)
+
+
 def pki_state(inv, pki_dir: str | None):  # -> hardway.state.PkiState
     from hardway.state import PkiState
 
@@ -179,13 +186,8 @@ def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None):
     """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
     from hardway import lab
 
-    def count(flag: str, value: str | None) -> int | None:
-        if value is not None and not str(value).isdigit():
-            raise HardwayError(f"--{flag}: {value!r} is not a whole number")
-        return None if value is None else int(value)
-
     copy = ROOT / "inventory" / "lab.yaml" if name == lab.DEFAULT_NAME else None
-    lab.up(name, count("nodes", nodes), count("workers", workers), subnet, inventory_copy=copy,
+    lab.up(name, whole_number(nodes, "--nodes"), whole_number(workers, "--workers"), subnet, inventory_copy=copy,
            timeout=None if timeout is None else seconds(timeout, "--timeout", 0.0))
 
 

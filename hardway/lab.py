@@ -102,7 +102,6 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _SHORT_TAG = re.compile(r"^[a-z0-9]{1,6}$")
 _MAX_NODES = 999  # veth names carry the index: hw-<6>-<3>p is 14 characters
 
-log = logging.getLogger(__name__)
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 Report = Callable[[str], None]
@@ -1054,9 +1053,6 @@ class Lab:
 
     def status(self) -> list[NodeStatus]:
         return status(self.name, state_root=self.plan.state_root)
-
-    def down(self, report: Report = print) -> list[str]:
-        return down(self.name, state_root=self.plan.state_root, report=report)
 
 
 def _check_subnet_free(p: LabPlan) -> None:

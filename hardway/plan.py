@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from hardway import binaries
+from hardway import binaries, pki
 from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory, Node
@@ -264,28 +264,11 @@ def _control_plane(p: _Planner) -> None:
     p.unit("kube-apiserver", kube_apiserver_argv(p.inv, p.node))
     p.unit("kube-controller-manager", kube_controller_manager_argv(p.inv, p.node))
     p.unit("kube-scheduler", kube_scheduler_argv(p.inv, p.node))
-    user = _common_name(s.cert("apiserver-kubelet-client"))
-    if user is not None:
-        # Applied once by the chapter (kubectl apply), not by a service: no restart.
-        p.template(f"{K8S_DIR}/rbac/apiserver-to-kubelet.yaml", "configs/apiserver-to-kubelet-rbac.yaml.j2",
-                   (), user=user)
-
-
-def _common_name(cert_path: Path) -> str | None:
-    """The CN the apiserver presents to kubelets: the RBAC binding must name exactly it."""
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    if not cert_path.is_file():
-        return None  # already reported as missing
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except ValueError:
-        raise HardwayError(f"{cert_path} is not a PEM certificate: run `invoke pki`") from None
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not names:
-        raise HardwayError(f"{cert_path} has no common name: run `invoke pki`")
-    return str(names[0].value)
+    # The binding must name exactly the CN the apiserver presents to kubelets (the catalogue's; a
+    # certificate that drifted from it is pki.check's business). Applied once, not by a service.
+    user = pki.spec_for(p.inv, "apiserver-kubelet-client").common_name
+    p.template(f"{K8S_DIR}/rbac/apiserver-to-kubelet.yaml", "configs/apiserver-to-kubelet-rbac.yaml.j2",
+               (), user=user)
 
 
 def _containerd_config_version(inv: Inventory) -> int:

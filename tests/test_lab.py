@@ -23,6 +23,7 @@ import pytest
 from hardway import inventory, remote
 from hardway import lab as lab_lib
 from hardway.errors import HardwayError
+from hardway.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -403,11 +404,13 @@ def check_bare(lab: lab_lib.Lab) -> None:
         # /etc/systemd/system/etcd.service is free for our unit (a /dev/null mask would swallow it)
         assert run(c, "test -e /etc/systemd/system/etcd.service || echo free") == "free"
         # the framework's way: the inventory's binary installed into /usr/local/bin on the node
-        c.put(str(lab.inventory.binaries["etcd"].path), "/tmp/etcd")
+        binary = lab.inventory.binaries["etcd"].path
+        assert binary is not None
+        remote.install(c, [File("/usr/local/bin/etcd", 0o755, source=binary)])
         try:
-            assert "etcd Version:" in run(c, "install -m 0755 /tmp/etcd /usr/local/bin/etcd && etcd --version")
+            assert "etcd Version:" in run(c, "etcd --version")
         finally:
-            run(c, "rm -f /tmp/etcd /usr/local/bin/etcd")
+            run(c, "rm -f /usr/local/bin/etcd")
 
 
 @pytest.mark.lab
