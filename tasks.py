@@ -18,6 +18,7 @@ from invoke import Collection, Exit, task
 from hardway.errors import HardwayError
 
 ROOT = Path(__file__).resolve().parent
+CACHE_DIR = ROOT / "build" / "cache"  # fetched binaries, keyed by sha256
 INVENTORY_HELP = "inventory file (default: $HARDWAY_INVENTORY, else inventory/lab.yaml)"
 
 
@@ -152,12 +153,11 @@ ns.add_collection(pki)
 @user_errors
 def render_build(c, node=None, inventory=None, pki_dir=None, out=None):
     """Write every file each node receives to build/<cluster>/<node>/ plus manifest.json; lint the units."""
-    from hardway import render as render_lib
+    from hardway import build
 
     inv = load_inventory(inventory)
     out_dir = Path(out) if out else ROOT / "build" / inv.cluster_name
-    # CACHE_DIR (bootstrap section): where fetched binaries live, so the manifest lists them.
-    written = render_lib.write_build(inv, pki_state(inv, pki_dir), out_dir, node, cache_dir=CACHE_DIR)
+    written = build.write_build(inv, pki_state(inv, pki_dir), out_dir, node, cache_dir=CACHE_DIR)
     for name in [node] if node else [n.name for n in inv.nodes]:
         node_dir = out_dir / name
         files = [p for p in written if node_dir in p.parents and p.name != "manifest.json"]
@@ -218,65 +218,73 @@ lab_ns.add_task(lab_down, name="down")
 lab_ns.add_task(lab_status, name="status")
 ns.add_collection(lab_ns)
 
-# --- bootstrap and verify (owner: etcd chapter) --------------------------------------------
-
-CACHE_DIR = ROOT / "build" / "cache"
+# --- applying chapters, and verify ------------------------------------------------------------
 
 
-@task(name="bootstrap-etcd", auto_shortflags=False, help={
-    "inventory": INVENTORY_HELP,
-    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
-    "timeout": "seconds to wait for every member to become healthy (default 90)",
-})
-@user_errors
-def bootstrap_etcd(c, inventory=None, pki_dir=None, timeout=None):
-    """Preflight, push and start a TLS etcd member on every controller, then verify the cluster."""
-    from hardway import binaries, checks
-    from hardway.chapters import etcd
+def context(inv, state, *, connector, timeout: float = 90.0, adopt: bool = False):  # -> Context
+    from hardway.chapters import Context
 
-    wait = seconds(timeout, "--timeout", 90.0)
-    inv = load_inventory(inventory)
-    for name in ("etcd", "etcdctl"):
-        if name in inv.binaries:
-            binaries.fetch(inv.binaries[name], CACHE_DIR)
-    report = etcd.bootstrap(inv, pki_state(inv, pki_dir), cache_dir=CACHE_DIR, timeout=wait)
-    print(checks.format_table(report.results))
-    print(f"{report.summary()} ({report.seconds:.1f}s)")
-    if checks.failed(report.results):
-        raise Exit("bootstrap-etcd: the cluster is up but some checks failed (see hints above)", code=1)
+    return Context(inv, state, cache_dir=CACHE_DIR, connector=connector, timeout=timeout, adopt=adopt)
 
 
-VERIFY_CHAPTERS = ("pki", "etcd")
+def apply_task(chapter):  # -> invoke Task
+    """The task that applies ``chapter`` (`invoke <chapter.task>`): preflight, push, start, wait, checks."""
+
+    def apply(c, inventory=None, pki_dir=None, timeout=None, adopt=False):
+        from hardway import binaries, checks, remote
+
+        wait = seconds(timeout, "--timeout", 90.0)
+        inv = load_inventory(inventory)
+        for name in chapter.binaries:
+            if name in inv.binaries:
+                binaries.fetch(inv.binaries[name], CACHE_DIR)
+        with remote.Pool() as pool:
+            report = chapter.apply(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait, adopt=adopt))
+        print(checks.format_table(report.results))
+        print(f"{report.summary()} ({report.seconds:.1f}s)")
+        if checks.failed(report.results):
+            raise Exit(f"{chapter.task}: applied, but some checks failed (see hints above)", code=1)
+
+    apply.__doc__ = f"{chapter.title}: preflight, push, start and verify (re-running it changes nothing)."
+    return task(name=chapter.task, auto_shortflags=False, help={
+        "inventory": INVENTORY_HELP,
+        "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+        "timeout": "seconds to wait for every service to become healthy (default 90)",
+        "adopt": "replace files at planned paths that hardway did not deploy, keeping each as "
+                 "<path>.hardway-orig-<time> (default: stop and name them)",
+    })(user_errors(apply))
+
+
+def _verify_choices() -> str:
+    from hardway.chapters import verifiable
+
+    return ", ".join(ch.name for ch in verifiable())
 
 
 @task(auto_shortflags=False, help={
     "inventory": INVENTORY_HELP,
     "pki-dir": "PKI state directory (default: pki/<cluster name>)",
-    "chapter": f"one chapter to verify: {', '.join(VERIFY_CHAPTERS)} (default: all)",
+    "chapter": f"one chapter to verify: {_verify_choices()} (default: all)",
     "json": "print the results as JSON",
 })
 @user_errors
 def verify(c, inventory=None, pki_dir=None, chapter=None, json=False):
     """Run the chapters' checks; exit 0 only if none failed."""
-    from hardway import checks
-    from hardway.chapters import certificates, etcd
+    from hardway import checks, remote
+    from hardway.chapters import verifiable
 
-    if chapter is not None and chapter not in VERIFY_CHAPTERS:
-        raise HardwayError(f"--chapter: {chapter!r} is not one of: {', '.join(VERIFY_CHAPTERS)}")
+    chosen = [ch for ch in verifiable() if chapter in (None, ch.name)]
+    if not chosen:
+        raise HardwayError(f"--chapter: {chapter!r} is not one of: {_verify_choices()}")
     inv = load_inventory(inventory)
-    state = pki_state(inv, pki_dir)
-    selected: list = []
-    if chapter in (None, "pki"):
-        selected += certificates.checks(inv, state)
-    if chapter in (None, "etcd"):
-        selected += etcd.checks(inv, state, cache_dir=CACHE_DIR)
-    results = checks.run_checks(selected)
+    with remote.Pool() as pool:
+        ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+        results = checks.run_checks([check for ch in chosen for check in ch.checks(ctx)])
     print(checks.to_json(results) if json else checks.format_table(results))
     if checks.failed(results):
         raise Exit(None if json else "verify: some checks failed (see the hints above)", code=1)
 
 
-ns.add_task(bootstrap_etcd)
 ns.add_task(verify)
 
 # --- rotate-certs (owner: rotation) --------------------------------------------------------
@@ -302,8 +310,8 @@ def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within
     """After an address or SAN change in the inventory: reissue exactly what it affects, push, restart rolling."""
     from datetime import timedelta
 
-    from hardway import checks, rotate
-    from hardway.chapters import certificates, etcd
+    from hardway import checks, remote, rotate
+    from hardway.chapters import owner_of, verifiable
 
     wait = seconds(timeout, "--timeout", 90.0)
     inv = load_inventory(inventory)
@@ -315,14 +323,26 @@ def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within
         return
     report = rotate.rotate(inv, state, renew_within=window, cache_dir=CACHE_DIR, timeout=wait)
     print(report.plan.format())
-    selected = certificates.checks(inv, state)
-    if any(svc == "etcd" for svc, _ in report.restarted) or any(
-            p.startswith("/etc/etcd/") for paths in report.written.values() for p in paths):
-        selected += etcd.checks(inv, state, cache_dir=CACHE_DIR)
-    results = checks.run_checks(selected)
+    # the jumpbox's own chapter (certificates), and every chapter whose files or services were touched
+    touched = {f.chapter for n in report.plan.nodes for f in n.files} | {owner_of(s).name for s, _ in report.restarted}
+    with remote.Pool() as pool:
+        ctx = context(inv, state, connector=pool)
+        chosen = [ch for ch in verifiable() if ch.name in touched or not ch.targets(inv)]
+        results = checks.run_checks([check for ch in chosen for check in ch.checks(ctx)])
     print(checks.format_table(results))
     if checks.failed(results):
         raise Exit("rotate-certs: rotated, but some checks failed (see hints above)", code=1)
 
 
 ns.add_task(rotate_certs)
+
+
+def _add_apply_tasks() -> None:
+    from hardway.chapters import REGISTRY
+
+    for chapter in REGISTRY:
+        if chapter.applied_by_task:
+            ns.add_task(apply_task(chapter))
+
+
+_add_apply_tasks()

@@ -1,20 +1,24 @@
-"""Benchmark: a fresh lab to a verified 3-member etcd, hardway vs the tutorial's hand way.
+"""Benchmark: a fresh lab to a verified etcd cluster, hardway vs the tutorial's hand way, plus scale.
 
-    python bench/bootstrap_etcd.py [--rounds N]
+    python bench/bootstrap_etcd.py [--rounds N] [--scale 9]
 
-Each round boots a fresh 3-controller lab (not timed), then times:
-- hardway: `etcd.bootstrap` (preflight incl. an fdatasync probe, parallel push, concurrent start,
-  health wait, full verify);
-- baseline: the same rendered files pushed the hand way — one node after another, one ssh/scp
-  connection per step (mkdir, copy binaries, certs and unit, daemon-reload, enable, start) — then
+Each round boots fresh labs (not timed) and times, in the same run:
+- hardway, 3 members: `bootstrap-etcd` as a library call (preflight incl. an fdatasync probe,
+  parallel push, concurrent start, health wait, full verify), with where the time went and how
+  many MB went to the nodes at what rate; then the idempotent re-run and `verify --chapter etcd`
+  alone, both as library calls (fresh connections) and as the CLI (`invoke ...`, a new process);
+- the hand way, 3 members: the same rendered files pushed one node after another, one ssh/scp
+  connection per step (mkdir, copy binaries, certs and unit, daemon-reload, enable, start), then
   `etcdctl endpoint health` for every member. Its start uses --no-block: a blocking `systemctl
-  start` of a Type=notify member would hang waiting for a quorum that the later nodes provide.
-Then, on the hardway lab, the idempotent re-run and `verify` alone. Prints a table with ratios.
+  start` of a Type=notify member would hang waiting for a quorum that the later nodes provide;
+- hardway with ``--scale`` members (default 9): fresh, re-run and verify, as a ratio to 3.
+Prints one table with the ratios side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -22,20 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from hardway import jumpbox, lab, plan
-from hardway.chapters import etcd
-from hardway.remote import Progress
-from hardway.state import PkiState
+from hardway import jumpbox, lab, remote  # noqa: E402
+from hardway.chapters import Context  # noqa: E402
+from hardway.chapters.etcd import CHAPTER as ETCD  # noqa: E402
+from hardway.chapters.etcd.files import ctl  # noqa: E402
+from hardway.plan import chapter_files  # noqa: E402
+from hardway.state import PkiState  # noqa: E402
 
-QUIET = Progress(sink=lambda _line: None)
 
-
-def fresh_lab(tag: str) -> lab.Lab:
-    name = f"be{tag}"
+def fresh_lab(tag: str, controllers: int) -> lab.Lab:
+    name = f"be{tag}{os.getpid() % 1000}"
     lab.down(name, report=lambda _m: None)
-    return lab.up(name, 3, 0, str(lab.free_subnet(hash(name) & 0xFFFF)), report=lambda _m: None)
+    return lab.up(name, controllers, 0, str(lab.free_subnet(hash(name) & 0xFFFF)), report=lambda _m: None)
 
 
 def make_pki(the_lab: lab.Lab, root: Path) -> PkiState:
@@ -44,13 +49,39 @@ def make_pki(the_lab: lab.Lab, root: Path) -> PkiState:
     return state
 
 
+def timed(fn) -> tuple[float, object]:
+    t0 = time.monotonic()
+    value = fn()
+    return time.monotonic() - t0, value
+
+
+def library_apply(the_lab: lab.Lab, state: PkiState):  # -> ApplyReport
+    with remote.Pool() as pool:
+        return ETCD.apply(Context(the_lab.inventory, state, connector=pool, progress=remote.QUIET))
+
+
+def library_verify(the_lab: lab.Lab, state: PkiState) -> list:
+    with remote.Pool() as pool:
+        return ETCD.verify(Context(the_lab.inventory, state, connector=pool, progress=remote.QUIET))
+
+
+def cli(the_lab: lab.Lab, state: PkiState, *args: str) -> float:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args, "--inventory",
+                           str(the_lab.inventory_path), "--pki-dir", str(state.root)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"`invoke {' '.join(args)}` failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
+    return time.monotonic() - t0
+
+
 def hand_way(the_lab: lab.Lab, state: PkiState, workdir: Path) -> float:
     inv = the_lab.inventory
     ssh_opts = ["-i", str(inv.ssh.key), "-o", f"UserKnownHostsFile={inv.ssh.known_hosts}",
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
     t0 = time.monotonic()
     for node in inv.controllers:
-        files = plan.chapter_files(inv, node, state, "etcd")
+        files = chapter_files(inv, node, state, "etcd")
         staged = workdir / node.name
         staged.mkdir(parents=True, exist_ok=True)
         for f in files:
@@ -75,7 +106,7 @@ def hand_way(the_lab: lab.Lab, state: PkiState, workdir: Path) -> float:
         ssh("systemctl start --no-block etcd")
     for node in inv.controllers:  # the tutorial's check, per member, until it answers
         for _ in range(120):
-            probe = subprocess.run(["ssh", *ssh_opts, f"root@{node.address}", etcd.ctl(inv, node, "endpoint health")],
+            probe = subprocess.run(["ssh", *ssh_opts, f"root@{node.address}", ctl(inv, node, "endpoint health")],
                                    capture_output=True, timeout=60)
             if probe.returncode == 0:
                 break
@@ -85,42 +116,69 @@ def hand_way(the_lab: lab.Lab, state: PkiState, workdir: Path) -> float:
     return time.monotonic() - t0
 
 
+def hardway_round(tag: str, members: int, tmp: Path, rows: dict[str, list[float]], cli_too: bool) -> None:
+    the_lab = fresh_lab(tag, members)
+    try:
+        state = make_pki(the_lab, tmp)
+        seconds, report = timed(lambda: library_apply(the_lab, state))
+        assert not [r for r in report.results if r.status == "fail"], "hardway bootstrap did not verify"
+        rows[f"fresh{members}"].append(seconds)
+        rows[f"mb{members}"].append(report.bytes_sent / 1e6)
+        rows[f"push{members}"].append(report.phases["push"])
+        for phase, t in report.phases.items():
+            rows.setdefault(f"phase{members}:{phase}", []).append(t)
+        seconds, again = timed(lambda: library_apply(the_lab, state))
+        assert not any(again.written.values()) and not again.restarted and not again.started
+        rows[f"rerun{members}"].append(seconds)
+        seconds, _ = timed(lambda: library_verify(the_lab, state))
+        rows[f"verify{members}"].append(seconds)
+        if cli_too:
+            rows[f"rerun-cli{members}"].append(cli(the_lab, state, "bootstrap-etcd"))
+            rows[f"verify-cli{members}"].append(cli(the_lab, state, "verify", "--chapter", "etcd"))
+    finally:
+        lab.down(the_lab.name, report=lambda _m: None)
+
+
+def phases(med: dict[str, float], members: int) -> str:
+    prefix = f"phase{members}:"
+    return "  ".join(f"{k.removeprefix(prefix)} {v:.2f}" for k, v in med.items() if k.startswith(prefix))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--scale", type=int, default=9, help="members for the scale comparison (0: skip)")
     args = parser.parse_args()
-    rows: dict[str, list[float]] = {"hardway": [], "baseline": [], "rerun": [], "verify": []}
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "baseline", "fresh3", "mb3", "push3", "rerun3", "verify3", "rerun-cli3", "verify-cli3",
+        f"fresh{args.scale}", f"mb{args.scale}", f"push{args.scale}", f"rerun{args.scale}", f"verify{args.scale}")}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
-            a = fresh_lab(f"h{i}")
-            try:
-                state = make_pki(a, Path(tmp))
-                t0 = time.monotonic()
-                report = etcd.bootstrap(a.inventory, state, progress=QUIET)
-                rows["hardway"].append(time.monotonic() - t0)
-                assert not [r for r in report.results if r.status == "fail"], "hardway bootstrap did not verify"
-                t0 = time.monotonic()
-                again = etcd.bootstrap(a.inventory, state, progress=QUIET)
-                rows["rerun"].append(time.monotonic() - t0)
-                assert not any(again.written.values()) and not again.restarted
-                t0 = time.monotonic()
-                etcd.verify(a.inventory, state)
-                rows["verify"].append(time.monotonic() - t0)
-            finally:
-                lab.down(a.name, report=lambda _m: None)
-            b = fresh_lab(f"b{i}")
+            hardway_round(f"h{i}", 3, Path(tmp), rows, cli_too=True)
+            b = fresh_lab(f"b{i}", 3)
             try:
                 rows["baseline"].append(hand_way(b, make_pki(b, Path(tmp)), Path(tmp) / f"stage{i}"))
             finally:
                 lab.down(b.name, report=lambda _m: None)
-    med = {k: statistics.median(v) for k, v in rows.items()}
-    print(f"fresh 3-controller lab -> healthy etcd ({args.rounds} round(s), median seconds)")
-    print(f"{'':34}{'seconds':>9}")
-    print(f"{'hand way (scp/ssh per step, serial)':34}{med['baseline']:>9.2f}")
-    print(f"{'hardway bootstrap-etcd (+verify)':34}{med['hardway']:>9.2f}")
-    print(f"{'ratio hand way / hardway':34}{med['baseline'] / med['hardway']:>9.2f}x")
-    print(f"{'hardway idempotent re-run':34}{med['rerun']:>9.2f}")
-    print(f"{'hardway verify --chapter etcd':34}{med['verify']:>9.2f}")
+            if args.scale:
+                hardway_round(f"s{i}", args.scale, Path(tmp), rows, cli_too=False)
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
+    print(f"fresh lab -> verified etcd ({args.rounds} round(s), median seconds)")
+    print(f"  {'hand way, 3 members (scp/ssh per step, serial)':52}{med['baseline']:>8.2f}")
+    print(f"  {'hardway bootstrap-etcd, 3 members (+verify)':52}{med['fresh3']:>8.2f}")
+    print(f"  {'ratio hand way / hardway':52}{med['baseline'] / med['fresh3']:>8.2f}x")
+    print(f"  {'  where it went':52}{phases(med, 3)}")
+    print(f"  {'  sent to the nodes':52}{med['mb3']:>8.1f} MB at {med['mb3'] / med['push3']:.0f} MB/s")
+    print(f"  {'hardway idempotent re-run (library / CLI)':52}{med['rerun3']:>8.2f} / {med['rerun-cli3']:.2f}")
+    print(f"  {'hardway verify --chapter etcd (library / CLI)':52}{med['verify3']:>8.2f} / {med['verify-cli3']:.2f}")
+    if args.scale:
+        n = args.scale
+        print(f"scale: {n} members against 3 (same run)")
+        for key, label in (("fresh", "fresh bootstrap"), ("rerun", "re-run"), ("verify", "verify")):
+            print(f"  {label:52}{med[f'{key}{n}']:>8.2f} vs {med[f'{key}3']:.2f}  "
+                  f"({med[f'{key}{n}'] / med[f'{key}3']:.2f}x)")
+        print(f"  {'  sent to the nodes':52}{med[f'mb{n}']:>8.1f} MB at {med[f'mb{n}'] / med[f'push{n}']:.0f} MB/s")
+        print(f"  {'  where it went':52}{phases(med, n)}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import tarfile
 import urllib.request
 from pathlib import Path
 
+from hardway import localfs
 from hardway.errors import HardwayError
 from hardway.files import sha256_file
 from hardway.inventory import BinarySource, Inventory
@@ -55,11 +55,8 @@ def fetch(source: BinarySource, cache_dir: Path, timeout: float = 60.0) -> Path:
                            f"{source.sha256}; refusing it")
     if source.url.endswith((".tar.gz", ".tgz", ".tar")):
         payload = _member(payload, source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    tmp.write_bytes(payload)
-    tmp.chmod(0o755)
-    shutil.move(tmp, target)
+    localfs.private_dir(target.parent)
+    localfs.write_atomic(target, payload, 0o755)
     return target
 
 

@@ -1,8 +1,9 @@
 """Verification: checks that prove a chapter worked and, when it did not, say why and what to do.
 
-A check is a function returning Results; each Result is ok, warn or fail, with a detail
-(what was seen) and, for warn/fail, a hint (the likely cause and the fix). The runner never
-lets one broken check hide the others.
+A check is a function returning CheckResults; each is ok, warn, fail or skip, with a detail
+(what was seen) and, for the others, a hint (the likely cause and the fix). ``skip`` is for what
+cannot be proven here (a stand-in instead of the real binary): never counted as ok. The runner
+never lets one broken check hide the others.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-OK, WARN, FAIL = "ok", "warn", "fail"
+from hardway.table import format_table as _table
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+STATUSES = (OK, WARN, FAIL, SKIP)
 
 
 @dataclass(frozen=True)
-class Result:
+class CheckResult:
     chapter: str
     check: str
     node: str
@@ -24,7 +28,7 @@ class Result:
     hint: str = ""
 
     def __post_init__(self) -> None:
-        if self.status not in (OK, WARN, FAIL):
+        if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}")
 
 
@@ -33,39 +37,37 @@ class Check:
     chapter: str
     name: str
     description: str
-    run: Callable[[], Iterable[Result]]
+    run: Callable[[], Iterable[CheckResult]]
 
 
-def run_checks(checks: Sequence[Check]) -> list[Result]:
-    results: list[Result] = []
+def run_checks(checks: Sequence[Check]) -> list[CheckResult]:
+    results: list[CheckResult] = []
     for check in checks:
         try:
             results.extend(check.run())
         except Exception as exc:  # a check that crashes is a failed check, not a crashed verify
-            results.append(Result(check.chapter, check.name, "-", FAIL,
-                                  f"the check itself failed: {type(exc).__name__}: {exc}",
-                                  "this is a bug in hardway if the message is not about your cluster"))
+            results.append(CheckResult(check.chapter, check.name, "-", FAIL,
+                                       f"the check itself failed: {type(exc).__name__}: {exc}",
+                                       "this is a bug in hardway if the message is not about your cluster"))
     return results
 
 
-def failed(results: Iterable[Result]) -> bool:
+def failed(results: Iterable[CheckResult]) -> bool:
     return any(r.status == FAIL for r in results)
 
 
-def format_table(results: Sequence[Result]) -> str:
-    headers = ("STATUS", "CHAPTER", "CHECK", "NODE", "DETAIL")
+def summary(results: Sequence[CheckResult]) -> str:
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    text = f"{counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail"
+    return text + (f", {counts[SKIP]} skipped" if counts[SKIP] else "")
+
+
+def format_table(results: Sequence[CheckResult]) -> str:
     rows = [(r.status.upper(), r.chapter, r.check, r.node, r.detail) for r in results]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    widths[-1] = len(headers[-1])
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for r, row in zip(results, rows, strict=True):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if r.hint and r.status != OK:
-            lines.append(" " * (sum(widths[:-1]) + 2 * (len(widths) - 1)) + f"hint: {r.hint}")
-    counts = {s: sum(r.status == s for r in results) for s in (OK, WARN, FAIL)}
-    lines.append(f"{counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} fail")
-    return "\n".join(lines)
+    notes = [[f"hint: {r.hint}"] if r.hint and r.status != OK else [] for r in results]
+    return _table(("STATUS", "CHAPTER", "CHECK", "NODE", "DETAIL"), rows, notes=notes) + "\n" + summary(results)
 
 
-def to_json(results: Sequence[Result]) -> str:
-    return json.dumps({"results": [asdict(r) for r in results], "failed": failed(results)}, indent=2)
+def to_json(results: Sequence[CheckResult]) -> str:
+    return json.dumps({"results": [asdict(r) for r in results], "failed": failed(results),
+                       "summary": summary(results)}, indent=2)

@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
+from hardway import localfs
 from hardway.errors import HardwayError
 from hardway.inventory import Inventory
-from hardway.pki import KEY_MODE, Outcome, fix_mode, write_atomic
+from hardway.pki import Generated
 from hardway.state import PkiState
 
 API_VERSION = "apiserver.config.k8s.io/v1"
@@ -85,7 +86,7 @@ def _validate(inv: Inventory, state: PkiState, data: bytes) -> None:
         raise _refuse(path, f"lists no keys for {provider!r}", restore)
 
 
-def ensure_encryption_config(inv: Inventory, state: PkiState) -> Outcome:
+def ensure_encryption_config(inv: Inventory, state: PkiState) -> Generated:
     """Write the encryption config once (0600); afterwards only check it, never regenerate it."""
     path = state.encryption_config
     state.ensure_root()
@@ -95,7 +96,7 @@ def ensure_encryption_config(inv: Inventory, state: PkiState) -> Outcome:
         data = None
     if data is not None:
         _validate(inv, state, data)
-        fixed = fix_mode(path, KEY_MODE)
-        return Outcome("encryption-config", _NAME, "kept", (fixed,) if fixed else ())
-    write_atomic(path, render(inv.encryption_provider, secrets.token_bytes(KEY_BYTES)), KEY_MODE)
-    return Outcome("encryption-config", _NAME, "written", (f"new {inv.encryption_provider} key",))
+        fixed = localfs.fix_mode(path, localfs.SECRET_MODE)
+        return Generated("encryption-config", _NAME, "kept", (fixed,) if fixed else ())
+    localfs.write_atomic(path, render(inv.encryption_provider, secrets.token_bytes(KEY_BYTES)), localfs.SECRET_MODE)
+    return Generated("encryption-config", _NAME, "written", (f"new {inv.encryption_provider} key",))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from hardway.localfs import SECRET_MODE
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -21,7 +23,8 @@ class File:
     """Target ``path`` on the node, with its bytes (``content``) or a local ``source`` for big binaries.
 
     ``services`` are the units to restart when this file changes; ``secret`` files are never
-    printed or logged and are written 0600 wherever they land.
+    printed or logged and are 0600 wherever they land: the rule is enforced here, once, so no
+    planner, build dir or push can get it wrong.
     """
 
     path: str
@@ -39,6 +42,8 @@ class File:
             raise ValueError(f"{self.path}: give exactly one of content or source")
         if not self.path.startswith("/"):
             raise ValueError(f"{self.path}: target path must be absolute")
+        if self.secret:
+            object.__setattr__(self, "mode", SECRET_MODE)
 
     def data(self) -> bytes:
         if self.content is not None:

@@ -7,12 +7,12 @@ from datetime import timedelta
 
 from hardway import encryption, kubeconfig, pki
 from hardway.inventory import Inventory
-from hardway.pki import Outcome
+from hardway.pki import Generated
 from hardway.state import PkiState
 
 
 def generate(inv: Inventory, state: PkiState, *, rotate_ca: bool = False,
-             renew_within: timedelta | None = None) -> list[Outcome]:
+             renew_within: timedelta | None = None) -> list[Generated]:
     outcomes = pki.ensure_certificates(inv, state, rotate_ca=rotate_ca, renew_within=renew_within)
     outcomes += kubeconfig.ensure_kubeconfigs(inv, state)
     outcomes.append(encryption.ensure_encryption_config(inv, state))

@@ -14,12 +14,14 @@ from pathlib import Path
 import yaml
 from cryptography.x509.oid import NameOID
 
+from hardway import localfs
 from hardway.errors import HardwayError
 from hardway.inventory import Inventory
-from hardway.pki import KEY_MODE, Outcome, fix_mode, read_cert, write_atomic
+from hardway.paths import APISERVER_PORT
+from hardway.pki import Generated, read_cert
 from hardway.state import PkiState, kubelet_cert_name
 
-LOCAL_APISERVER = "https://127.0.0.1:6443"
+LOCAL_APISERVER = f"https://127.0.0.1:{APISERVER_PORT}"
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def _why_changed(old: bytes, new: bytes) -> tuple[str, ...]:
     return tuple(reasons) or ("content differs",)
 
 
-def ensure_kubeconfigs(inv: Inventory, state: PkiState) -> list[Outcome]:
+def ensure_kubeconfigs(inv: Inventory, state: PkiState) -> list[Generated]:
     """Write every kubeconfig whose bytes differ from what the certificates call for; keep the rest."""
     state.ensure_root()
     rendered = [(spec, render(inv, state, spec)) for spec in kubeconfig_specs(inv)]  # all or nothing
@@ -137,12 +139,12 @@ def ensure_kubeconfigs(inv: Inventory, state: PkiState) -> list[Outcome]:
         except FileNotFoundError:
             old = None
         if old == data:
-            fixed = fix_mode(path, KEY_MODE)
-            outcomes.append(Outcome("kubeconfig", spec.name, "kept", (fixed,) if fixed else ()))
+            fixed = localfs.fix_mode(path, localfs.SECRET_MODE)
+            outcomes.append(Generated("kubeconfig", spec.name, "kept", (fixed,) if fixed else ()))
             continue
-        write_atomic(path, data, KEY_MODE)
+        localfs.write_atomic(path, data, localfs.SECRET_MODE)
         if old is None:
-            outcomes.append(Outcome("kubeconfig", spec.name, "written", ("missing",)))
+            outcomes.append(Generated("kubeconfig", spec.name, "written", ("missing",)))
         else:
-            outcomes.append(Outcome("kubeconfig", spec.name, "rewritten", _why_changed(old, data)))
+            outcomes.append(Generated("kubeconfig", spec.name, "rewritten", _why_changed(old, data)))
     return outcomes

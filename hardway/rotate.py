@@ -2,9 +2,10 @@
 
 The plan is computed by doing the real reissue into a private copy of the PKI state, so a dry
 run names exactly the certificates, kubeconfigs and node files the real run then changes. Only
-files already deployed on a node are pushed (a chapter not bootstrapped there stays untouched),
-and services restart one node at a time, each healthy before the next, so etcd keeps quorum
-and the apiservers keep serving.
+files in a node's deployment record are pushed (a chapter not bootstrapped there, or a file
+hardway did not deploy, stays untouched), and services restart one node at a time in the
+registry's order, each healthy before the next, so etcd keeps quorum and the apiservers keep
+serving. Each restart is its chapter's own (etcd waits for member health).
 """
 
 from __future__ import annotations
@@ -12,23 +13,19 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from hardway import jumpbox, pki, plan, remote
-from hardway.chapters import etcd
+from hardway import deploy, jumpbox, pki, plan, remote, services
+from hardway.chapters import Context, owner_of, restart_order
 from hardway.errors import HardwayError
+from hardway.facts import file_hashes, file_stats, gather, unit_states
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.remote import Connector, Progress, Remote
 from hardway.state import PkiState
-
-# Restart order: etcd first (the apiservers' backend), then the control plane, then workers.
-RESTART_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
-                 "kubelet", "kube-proxy")
 
 
 @dataclass(frozen=True)
@@ -42,17 +39,19 @@ class NodePlan:
     node: Node
     changes: list[FileChange] = field(default_factory=list)
     files: list[File] = field(default_factory=list)  # the planned File objects behind `changes`
-    undeployed: int = 0  # planned files absent on the node: their chapter is not bootstrapped there
+    push: deploy.PushPlan = field(default_factory=deploy.PushPlan)
+    undeployed: int = 0  # planned files hardway has not deployed there: their chapter is not bootstrapped
+    foreign: list[str] = field(default_factory=list)  # planned paths holding files hardway did not deploy
     restarts: list[str] = field(default_factory=list)  # active services to restart, in order
 
 
 @dataclass
 class RotationPlan:
-    outcomes: list[pki.Outcome]
+    outcomes: list[pki.Generated]
     nodes: list[NodePlan]
 
     @property
-    def changed_outcomes(self) -> list[pki.Outcome]:
+    def changed_outcomes(self) -> list[pki.Generated]:
         return [o for o in self.outcomes if o.action != "kept"]
 
     def file_set(self) -> set[tuple[str, str]]:
@@ -71,12 +70,15 @@ class RotationPlan:
         for n in self.nodes:
             if not n.changes:
                 lines.append(f"  {n.node.name}: nothing to push")
+                lines.extend(f"    {path}: not deployed by hardway; left alone" for path in n.foreign)
                 continue
             lines.append(f"  {n.node.name}: push {len(n.changes)} file(s)")
             lines.extend(f"    {c.path}  ({c.why})" for c in n.changes)
             if n.undeployed:
                 lines.append(f"    ({n.undeployed} planned file(s) not deployed there: chapter not "
                              "bootstrapped; left alone)")
+            for path in n.foreign:
+                lines.append(f"    {path}: not deployed by hardway; left alone")
         order = restart_sequence(self.nodes)
         lines.append("Restarts (one at a time, each healthy before the next):")
         lines.extend(f"  {i}. {svc} on {node}" for i, (svc, node) in enumerate(order, 1))
@@ -86,10 +88,11 @@ class RotationPlan:
 
 
 def restart_sequence(nodes: Sequence[NodePlan]) -> list[tuple[str, str]]:
-    return [(svc, n.node.name) for svc in RESTART_ORDER for n in nodes if svc in n.restarts]
+    """(service, node) pairs: backends first (the registry's order), one node at a time."""
+    return [(svc, n.node.name) for svc in restart_order() for n in nodes if svc in n.restarts]
 
 
-def _origins(state: PkiState, outcomes: Sequence[pki.Outcome]) -> dict[str, str]:
+def _origins(state: PkiState, outcomes: Sequence[pki.Generated]) -> dict[str, str]:
     """sha256 of a state file's bytes -> why it changed, to explain node files by their source."""
     changed = {o.name: o for o in outcomes if o.action != "kept"}
     out: dict[str, str] = {}
@@ -102,33 +105,42 @@ def _origins(state: PkiState, outcomes: Sequence[pki.Outcome]) -> dict[str, str]
     return out
 
 
-def _plan_nodes(inv: Inventory, state: PkiState, outcomes: Sequence[pki.Outcome], *, cache_dir: Path | None,
+def _plan_nodes(inv: Inventory, state: PkiState, outcomes: Sequence[pki.Generated], *, cache_dir: Path | None,
                 connector: Connector, progress: Progress) -> list[NodePlan]:
     origins = _origins(state, outcomes)
     planned = {n.name: plan.node_files(inv, n, state, cache_dir=cache_dir) for n in inv.nodes}
+    units = restart_order()
 
     def inspect(r: Remote) -> NodePlan:
         files = planned[r.node.name]
-        hashes = remote.remote_hashes(r, [f.path for f in files])
+        paths = [f.path for f in files]
+        hashes_f, stats_f, states_f = file_hashes(paths), file_stats(paths), unit_states(units)
+        facts = gather(r, [hashes_f, stats_f, deploy.RECORD_FACT, states_f])
+        hashes, record, states = facts[hashes_f], facts[deploy.RECORD_FACT], facts[states_f]
         np = NodePlan(r.node)
+        ours = []
         for f in files:
             have = hashes.get(f.path)
-            if have is None:
-                np.undeployed += 1
-            elif have != f.sha256:
+            if f.path not in record:  # never touch what hardway did not deploy
+                if have is not None and have != f.sha256:
+                    np.foreign.append(f.path)
+                elif have is None:
+                    np.undeployed += 1
+                continue
+            ours.append(f)
+            if have != f.sha256:
                 np.files.append(f)
-                why = origins.get(f.sha256, "rendered from the inventory: content changed")
-                np.changes.append(FileChange(f.path, why))
-        services = {s for f in np.files for s in f.services} | remote.stale_services(r, files)
-        states = remote.service_states(r, [s for s in RESTART_ORDER if s in services])
-        np.restarts = [s for s, (state, _) in states.items() if state == "active"]
+                np.changes.append(FileChange(f.path, origins.get(f.sha256, "rendered from the inventory: "
+                                                                           "content changed")))
+        np.push = deploy.plan_push(np.files, hashes, facts[stats_f], record)
+        wanted = {s for f in np.files for s in f.services} | services.stale_units(ours, facts[stats_f], states)
+        np.restarts = [u for u in units if u in wanted and states[u].active == "active"]
         progress(r.node, f"{len(np.changes)} file(s) to push, {len(np.restarts)} restart(s)")
         return np
 
     outcomes_ = remote.fan_out(inv, inv.nodes, inspect, connector=connector)
-    bad = [o for o in outcomes_ if not o.ok]
-    if bad:
-        raise HardwayError(f"cannot inspect {bad[0].error}; nothing was pushed (the PKI state may already be "
+    if (error := remote.first_error(outcomes_)) is not None:
+        raise HardwayError(f"cannot inspect {error}; nothing was pushed (the PKI state may already be "
                            "reissued: re-run rotate-certs once the node is back, it converges)")
     return [o.value for o in outcomes_ if o.value is not None]
 
@@ -173,42 +185,20 @@ def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, 
 
     def push(r: Remote) -> list[str]:
         np = by_name[r.node.name]
-        written = remote.install(r, np.files)
-        if any(f.path.startswith("/etc/systemd/system/") for f in written):
-            remote.systemctl(r, "daemon-reload")
-        if written:
-            progress(r.node, f"pushed {len(written)} file(s)")
-        return [f.path for f in written]
+        units_changed = any(f.path.startswith(f"{services.UNIT_DIR}/") for f in np.files)
+        reload = ["systemctl daemon-reload"] if units_changed else []
+        report = deploy.push(r, np.push, login_user=inv.ssh.user, then=reload)
+        if report.written:
+            progress(r.node, f"pushed {len(report.written)} file(s)")
+        return report.written
 
     pushed = remote.fan_out(inv, [n.node for n in nodes if n.files], push, connector=connector)
-    bad = [o for o in pushed if not o.ok]
-    if bad:
-        raise HardwayError(f"push failed on {bad[0].error}; nothing was restarted — re-run rotate-certs, it "
-                           "converges")
+    if (error := remote.first_error(pushed)) is not None:
+        raise HardwayError(f"push failed on {error}; nothing was restarted — re-run rotate-certs, it converges")
     written = {o.node.name: o.value or [] for o in pushed}
+    ctx = Context(inv, state, cache_dir=cache_dir, connector=connector, progress=progress, timeout=timeout)
     restarted: list[tuple[str, str]] = []
     for service, node_name in restart_sequence(nodes):
-        node = inv.node(node_name)
-        if service == "etcd":
-            etcd.rolling_restart(inv, node, connector=connector, progress=progress, timeout=timeout)
-        else:
-            _restart_and_wait(inv, node, service, connector=connector, progress=progress, timeout=timeout)
+        owner_of(service).restart(ctx, inv.node(node_name), service)
         restarted.append((service, node_name))
     return RotationReport(the_plan, written, restarted)
-
-
-def _restart_and_wait(inv: Inventory, node: Node, service: str, *, connector: Connector, progress: Progress,
-                      timeout: float) -> None:
-    r = connector(inv, node)
-    try:
-        progress(node, f"restart {service}")
-        remote.systemctl(r, "restart", service, timeout=int(timeout))
-        t0 = time.monotonic()
-        while remote.unit_state(r, service) != "active":
-            if time.monotonic() - t0 > timeout:
-                raise HardwayError(f"{node.name}: {service} not active {timeout:.0f}s after restart; rotation "
-                                   "stopped here so the remaining nodes keep serving — see `journalctl -u "
-                                   f"{service}` on {node.name}")
-            time.sleep(0.5)
-    finally:
-        r.close()

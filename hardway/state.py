@@ -6,10 +6,10 @@ guesses another's file names.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hardway import localfs
 from hardway.inventory import Node
 
 
@@ -45,7 +45,5 @@ class PkiState:
 
     def ensure_root(self) -> None:
         """Create the state dir 0700 (and tighten it if it exists looser)."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
-        (self.root / "kubeconfigs").mkdir(exist_ok=True, mode=0o700)
-        os.chmod(self.root / "kubeconfigs", 0o700)
+        localfs.private_dir(self.root / "kubeconfigs")
+        localfs.private_dir(self.root)

@@ -173,3 +173,12 @@ def state(inv, tmp_path_factory: pytest.TempPathFactory):  # -> hardway.state.Pk
     st = PkiState(tmp_path_factory.mktemp("pki") / inv.cluster_name)
     jumpbox.generate(inv, st)
     return st
+
+
+@pytest.fixture(scope="session")
+def build(inv, state, tmp_path_factory: pytest.TempPathFactory):  # -> tuple[Path, list[Path]]
+    """The sample inventory rendered once: (build dir, files written)."""
+    from hardway.build import write_build
+
+    out = tmp_path_factory.mktemp("build") / inv.cluster_name
+    return out, write_build(inv, state, out)

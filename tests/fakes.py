@@ -1,9 +1,12 @@
-"""A recording fake of the remote layer, for unit tests of planning and error paths.
+"""A fake of the remote layer for unit tests (after httpx's MockTransport): facts answered by name.
 
-It emulates the handful of commands hardway.remote issues (sha256sum, stat, mktemp, install,
-mv, chmod, chown, rm) over an in-memory file system and records every command, so a test can
-assert what would have been run. Anything else is answered by handlers the test registers.
-It never replaces the lab test of the same feature.
+``FakeNode`` holds an in-memory disk and service table. ``gather`` answers each fact by its name:
+first from ``node.facts[name]`` (a test's handler: ``(fact, node) -> FactOutput | str``, or a
+list of outputs given one per call, the last repeated), else from built-in answers derived from the
+disk and services (file hashes and stats, the deployment record, staging dirs, unit states). The
+real parsers then read those outputs, so the logic under test sees exactly what it would see on a
+node. ``run`` emulates the handful of commands pushes and starts issue (install, mv, rm, cp,
+chmod, chown, systemctl) and records every command. It never replaces the lab test of a feature.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from hardway.deploy import RECORD, STAGING
+from hardway.facts import Fact, FactOutput
 from hardway.inventory import Inventory, Node
-from hardway.remote import RemoteError, Result
+from hardway.remote import CommandResult, RemoteError
 
-Handler = Callable[[str], Result | str | None]
+FactAnswer = Callable[[Fact, "FakeNode"], FactOutput | str] | list[FactOutput | str] | FactOutput | str
+Handler = Callable[[str], CommandResult | str | None]
 
 
 @dataclass
@@ -33,94 +39,156 @@ class FakeFile:
 class FakeService:
     active: bool = True
     started: int = 0  # on the node's clock, like ActiveEnterTimestamp
+    enabled: bool = True
+    failed: bool = False
 
 
 @dataclass
 class FakeNode:
     files: dict[str, FakeFile] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
     commands: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)  # fact names, in the order gathers asked them
+    facts: dict[str, FactAnswer] = field(default_factory=dict)
     handlers: list[tuple[re.Pattern[str], Handler]] = field(default_factory=list)
     services: dict[str, FakeService] = field(default_factory=dict)
+    starts: list[str] = field(default_factory=list)
     restarts: list[str] = field(default_factory=list)
     unreachable: bool = False
-    clock: int = 1000  # advances on every write or restart
+    clock: int = 1000  # advances on every write or (re)start
+    events: list[str] = field(default_factory=list)  # "start etcd", "restart etcd", "gather etcd_health", ...
+    arch: str = "x86_64"
+    name: str = ""
+    log: list[str] | None = None  # the cluster's log: "<node>: <event>" in the order things happened
+
+    def event(self, what: str) -> None:
+        self.events.append(what)
+        if self.log is not None:
+            self.log.append(f"{self.name}: {what}")
 
     def tick(self) -> int:
         self.clock += 1
         return self.clock
 
     def on(self, pattern: str, handler: Handler | str) -> None:
+        """Answer commands matching ``pattern`` (not facts: those go in ``facts``)."""
         fn = handler if callable(handler) else (lambda _c, h=handler: h)
         self.handlers.append((re.compile(pattern), fn))
+
+    def answer(self, fact: Fact) -> FactOutput:
+        self.asked.append(fact.name)
+        handler = self.facts.get(fact.name)
+        if handler is None:
+            return self._builtin(fact)
+        if isinstance(handler, list):
+            out = handler.pop(0) if len(handler) > 1 else handler[0]
+        elif callable(handler):
+            out = handler(fact, self)
+        else:
+            out = handler
+        return out if isinstance(out, FactOutput) else FactOutput(out, 0)
+
+    def _builtin(self, fact: Fact) -> FactOutput:
+        fs = self.files
+        if fact.name == "file_hashes":
+            return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in fact.args if p in fs))
+        if fact.name == "file_stats":
+            return FactOutput("".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {fs[p].mtime} {p}\n"
+                                      if p in fs else f"700 root root 0 {p}\n"
+                                      for p in fact.args if p in fs or p in self.dirs))
+        if fact.name == "deployed":
+            return FactOutput(fs[RECORD].data.decode() if RECORD in fs else "")
+        if fact.name == "staging":
+            names = {d[len(STAGING) + 1:].split("/")[0] for d in self.dirs | set(fs) if d.startswith(STAGING + "/")}
+            return FactOutput("".join(f"{n}\n" for n in sorted(names)))
+        if fact.name == "unit_states":
+            blocks = []
+            for unit in fact.args:
+                svc = self.services.get(unit)
+                state = "inactive" if svc is None or not svc.active else "active"
+                state = "failed" if svc is not None and svc.failed else state
+                blocks.append(f"Id={unit}.service\nActiveState={state}\n"
+                              f"ActiveEnterTimestamp={f'@{svc.started}' if svc and svc.active else ''}\n"
+                              f"UnitFileState={'enabled' if svc and svc.enabled else 'disabled'}\n"
+                              f"MainPID={100 + len(unit) if svc and svc.active else 0}\n")
+            return FactOutput("\n".join(blocks))
+        if fact.name == "arch":
+            return FactOutput(self.arch)
+        if fact.name == "listeners":
+            return FactOutput("")
+        raise AssertionError(f"the fake has no answer for fact {fact.name!r}: give it one in node.facts")
 
 
 class FakeRemote:
     def __init__(self, node: Node, state: FakeNode) -> None:
         self.node = node
         self.state = state
-        self._tmp = 0
 
-    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> Result:
+    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> CommandResult:
         self.state.commands.append(command)
+        if command.startswith("set -e;"):
+            self.state.event("push")
         result = self._dispatch(command)
         if check and not result.ok:
             raise RemoteError(f"{self.node.name}: `{command}` exited {result.exit_code}: {result.stderr.strip()}")
         return result
 
-    def upload(self, data: bytes, remote_path: str) -> None:
-        self.state.uploads.append(remote_path)
-        self.state.files[remote_path] = FakeFile(data)
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
+        for f in facts:
+            self.state.event(f"gather {f.name}")
+        return {f.key: self.state.answer(f) for f in facts}
 
-    def staging_dir(self) -> str:
-        self.state.commands.append("(login user) mktemp -d")
-        self._tmp += 1
-        return f"/tmp/hardway.fake{self._tmp}"
+    def upload(self, data: bytes, remote_path: str) -> None:
+        parent = remote_path.rsplit("/", 1)[0]
+        if parent not in self.state.dirs:
+            raise RemoteError(f"{self.node.name}: upload to {remote_path}: no such directory")
+        self.state.uploads.append(remote_path)
+        self.state.files[remote_path] = FakeFile(data, 0o600)
 
     def close(self) -> None:
         pass
 
     # --- emulation ----------------------------------------------------------------------------
-    def _dispatch(self, command: str) -> Result:
+    def _dispatch(self, command: str) -> CommandResult:
         for pattern, handler in self.state.handlers:
             if pattern.search(command):
                 out = handler(command)
-                if isinstance(out, Result):
+                if isinstance(out, CommandResult):
                     return out
-                return Result(command, 0, out or "", "")
+                return CommandResult(command, 0, out or "", "")
         out: list[str] = []
-        for part in re.split(r";\s*", command.removeprefix("set -e; ")):
+        for part in re.split(r";\s*|\s*&&\s*", command.removeprefix("set -e; ")):
             part = part.strip()
             if part:
                 out.append(self._builtin(part))
-        return Result(command, 0, "".join(out), "")
+        return CommandResult(command, 0, "".join(out), "")
 
     def _builtin(self, part: str) -> str:
-        fs = self.state.files
-        if part.startswith("sha256sum"):
-            words = shlex.split(part.split(" 2>/dev/null")[0])[2:]
-            return "".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in words if p in fs)
-        if part.startswith("stat -c"):
-            words = shlex.split(part.split(" 2>/dev/null")[0])
-            fmt, paths = words[2], words[4:]
-            if fmt == "%Y %n":
-                return "".join(f"{fs[p].mtime} {p}\n" for p in paths if p in fs)
-            return "".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {p}\n" for p in paths if p in fs)
-        if part.startswith("systemctl"):
-            return self._systemctl(shlex.split(part))
-        if part.startswith("install -d"):
-            return ""
+        fs, node = self.state.files, self.state
+        part = part.removesuffix(" 2>/dev/null || true")
         words = shlex.split(part)
+        if words[0] == "systemctl":
+            return self._systemctl(words)
+        if words[:2] == ["install", "-d"]:
+            node.dirs.update(w for w in words[2:] if w.startswith("/"))
+            return ""
         if words[0] == "install":
             mode, owner, group, src, dst = int(words[2], 8), words[4], words[6], words[7], words[8]
-            fs[dst] = FakeFile(fs[src].data, mode, owner, group, self.state.tick())
+            fs[dst] = FakeFile(fs[src].data, mode, owner, group, node.tick())
             return ""
         if words[:2] == ["mv", "-f"]:
             fs[words[3]] = fs.pop(words[2])
             return ""
+        if words[:2] == ["cp", "-a"]:
+            src = fs[words[2]]
+            fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime)
+            return ""
         if words[:2] == ["rm", "-rf"]:
-            for p in [p for p in fs if p.startswith(words[2] + "/")]:
-                del fs[p]
+            for target in (w for w in words[2:] if w != "--"):
+                for p in [p for p in fs if p == target or p.startswith(target + "/")]:
+                    del fs[p]
+                node.dirs = {d for d in node.dirs if d != target and not d.startswith(target + "/")}
             return ""
         if words[0] == "chown":
             owner, group = words[1].split(":")
@@ -134,22 +202,33 @@ class FakeRemote:
         raise AssertionError(f"the fake has no handler for {part!r}")
 
     def _systemctl(self, words: list[str]) -> str:
-        verb, unit = words[1], words[-1]
-        services = self.state.services
-        if verb == "is-active":
-            return "active\n" if unit in services and services[unit].active else "inactive\n"
-        if verb == "show" and "-p" in words:
-            blocks = []
-            for unit in (w.removesuffix(".service") for w in words[words.index("--") + 1:]):
-                svc = services.get(unit)
-                blocks.append(f"Id={unit}.service\nActiveState={'active' if svc and svc.active else 'inactive'}\n"
-                              f"ActiveEnterTimestamp={f'@{svc.started}' if svc else ''}\n")
-            return "\n".join(blocks)
-        if verb == "restart":
-            services[unit] = FakeService(True, self.state.tick())
-            self.state.restarts.append(unit)
+        verb = words[1]
+        units = [w for w in words[2:] if not w.startswith("-")]
+        services, node = self.state.services, self.state
+        if verb == "start":
+            for unit in units:
+                services[unit] = FakeService(True, node.tick(), services.get(unit, FakeService()).enabled)
+                node.starts.append(unit)
+                node.event(f"start {unit}")
             return ""
-        if verb in ("daemon-reload", "enable", "start", "reset-failed"):
+        if verb == "restart":
+            for unit in units:
+                services[unit] = FakeService(True, node.tick(), services.get(unit, FakeService()).enabled)
+                node.restarts.append(unit)
+                node.event(f"restart {unit}")
+            return ""
+        if verb == "enable":
+            for unit in units:
+                services.setdefault(unit, FakeService(active=False)).enabled = True
+            return ""
+        if verb == "stop":
+            for unit in units:
+                if unit in services:
+                    services[unit].active = False
+                node.event(f"stop {unit}")
+            return ""
+        if verb in ("daemon-reload", "reset-failed"):
+            node.event(verb)
             return ""
         raise AssertionError(f"the fake has no systemctl {verb}")
 
@@ -159,9 +238,10 @@ class FakeCluster:
 
     def __init__(self) -> None:
         self.nodes: dict[str, FakeNode] = {}
+        self.log: list[str] = []
 
     def __getitem__(self, name: str) -> FakeNode:
-        return self.nodes.setdefault(name, FakeNode())
+        return self.nodes.setdefault(name, FakeNode(name=name, log=self.log))
 
     def connector(self, inv: Inventory, node: Node) -> FakeRemote:
         state = self[node.name]

@@ -5,6 +5,7 @@ Tests run in file order on one bootstrapped cluster; each one that breaks someth
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import time
@@ -13,19 +14,19 @@ from pathlib import Path
 import pytest
 
 from hardway import remote
-from hardway.chapters import etcd
+from hardway.chapters import Context
+from hardway.chapters.etcd import CHAPTER as ETCD
+from hardway.chapters.etcd.files import CERT, KEY, UNIT_PATH
 from hardway.checks import FAIL, OK
 from hardway.errors import HardwayError
-from hardway.files import File
-from hardway.remote import Progress
+from hardway.remote import QUIET
 from hardway.state import PkiState
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = Progress(sink=lambda _line: None)
 
 
-def run_on(inv, node, command: str, check: bool = True) -> remote.Result:
+def run_on(inv, node, command: str, check: bool = True) -> remote.CommandResult:
     r = remote.connect(inv, node)
     try:
         return r.run(command, check=check)
@@ -44,6 +45,14 @@ def host_etcdctl(inv, state: PkiState, endpoint_nodes, *args: str) -> subprocess
     )
 
 
+def bootstrap(inv, state):  # -> ApplyReport
+    return ETCD.apply(Context(inv, state, progress=QUIET))
+
+
+def verify(inv, state) -> list:
+    return ETCD.verify(Context(inv, state, progress=QUIET))
+
+
 def failures(results) -> list:
     return [r for r in results if r.status == FAIL]
 
@@ -55,9 +64,10 @@ def cluster(lab, lab_pki) -> tuple:
 
 def test_bootstrap_from_scratch_then_write_through_one_member_read_through_the_others(cluster) -> None:
     inv, state = cluster
-    report = etcd.bootstrap(inv, state, progress=QUIET)
+    report = bootstrap(inv, state)
     assert sorted(report.started) == [n.name for n in inv.controllers]
     assert all(len(paths) == 6 for paths in report.written.values())
+    assert report.bytes_sent > 6 * 1024 * 1024, "the binaries went to every member"
     assert not failures(report.results), report.results
     c0, *others = inv.controllers
     put = host_etcdctl(inv, state, [c0], "put", "/hardway/hello", "world")
@@ -71,9 +81,9 @@ def test_bootstrap_from_scratch_then_write_through_one_member_read_through_the_o
 def test_rerun_writes_nothing_and_restarts_nothing(cluster) -> None:
     inv, state = cluster
     pids = {n.name: run_on(inv, n, "systemctl show -p MainPID --value etcd").stdout.strip() for n in inv.controllers}
-    report = etcd.bootstrap(inv, state, progress=QUIET)
+    report = bootstrap(inv, state)
     assert report.written == {n.name: [] for n in inv.controllers}
-    assert report.started == [] and report.restarted == []
+    assert report.started == {} and report.restarted == {}
     assert report.summary() == "etcd: nothing changed: 0 files written, 0 restarts"
     after = {n.name: run_on(inv, n, "systemctl show -p MainPID --value etcd").stdout.strip() for n in inv.controllers}
     assert after == pids
@@ -82,12 +92,12 @@ def test_rerun_writes_nothing_and_restarts_nothing(cluster) -> None:
 def test_deleted_member_cert_is_named_by_verify_and_repaired_by_bootstrap(cluster) -> None:
     inv, state = cluster
     node = inv.controllers[1]
-    run_on(inv, node, f"rm -f {etcd.CERT}")
-    bad = failures(etcd.verify(inv, state))
-    assert any(r.node == node.name and r.detail == f"{etcd.CERT} is missing" for r in bad), bad
-    report = etcd.bootstrap(inv, state, progress=QUIET)
-    assert report.written[node.name] == [etcd.CERT]
-    assert report.restarted == [node.name]  # its files changed under a running member
+    run_on(inv, node, f"rm -f {CERT}")
+    bad = failures(verify(inv, state))
+    assert any(r.node == node.name and r.detail == f"{CERT} is missing" for r in bad), bad
+    report = bootstrap(inv, state)
+    assert report.written[node.name] == [CERT]
+    assert report.restarted == {node.name: ["etcd"]}  # its files changed under a running member
     assert not failures(report.results)
 
 
@@ -95,13 +105,13 @@ def test_hand_broken_line_continuation_is_reported_as_drift_and_by_systemd(clust
     inv, state = cluster
     node = inv.controllers[2]
     # a space after the first continuation backslash: systemd silently drops the rest of ExecStart
-    run_on(inv, node, rf"sed -i '0,/\\$/s/\\$/\\ /' {etcd.UNIT_PATH} && systemctl daemon-reload")
-    bad = failures(etcd.verify(inv, state))
+    run_on(inv, node, rf"sed -i '0,/\\$/s/\\$/\\ /' {UNIT_PATH} && systemctl daemon-reload")
+    bad = failures(verify(inv, state))
     mine = {r.check: r for r in bad if r.node == node.name}
     assert "unit-matches-render" in mine, bad
     assert "unit-lint" in mine and "Unknown key '--name'" in mine["unit-lint"].detail, bad
-    report = etcd.bootstrap(inv, state, progress=QUIET)
-    assert report.written[node.name] == [etcd.UNIT_PATH]
+    report = bootstrap(inv, state)
+    assert report.written[node.name] == [UNIT_PATH]
     assert not failures(report.results)
 
 
@@ -110,7 +120,7 @@ def test_stopped_member_is_named_and_the_other_two_serve(cluster) -> None:
     down, *up = inv.controllers
     run_on(inv, down, "systemctl stop etcd")
     try:
-        results = etcd.verify(inv, state)
+        results = verify(inv, state)
         active = next(r for r in results if r.check == "unit-active" and r.node == down.name)
         assert active.status == FAIL and active.detail == "etcd is inactive"
         assert [r.status for r in results if r.check == "unit-active" and r.node != down.name] == [OK, OK]
@@ -118,8 +128,8 @@ def test_stopped_member_is_named_and_the_other_two_serve(cluster) -> None:
         got = host_etcdctl(inv, state, up[1:], "get", "/hardway/degraded", "--print-value-only")
         assert got.stdout.strip() == "still-here"
     finally:
-        report = etcd.bootstrap(inv, state, progress=QUIET)
-    assert report.started == [down.name]
+        report = bootstrap(inv, state)
+    assert report.started == {down.name: ["etcd"]}
     assert not failures(report.results)
 
 
@@ -131,22 +141,23 @@ def test_stale_data_dir_is_refused_naming_node_path_and_fix(cluster) -> None:
     try:
         r.run(f"systemctl stop etcd && mv {inv.etcd.data_dir}/member /root/member.ours && "
               f"mkdir -p {inv.etcd.data_dir}/member/wal")
-        remote.install(r, [File(f"{inv.etcd.data_dir}/member/wal/0000000000000000-0000000000000000.wal",
-                     0o600, content=foreign)])
+        wal = f"{inv.etcd.data_dir}/member/wal/0000000000000000-0000000000000000.wal"
+        r.run(f"echo {base64.b64encode(foreign).decode()} | base64 -d > {wal}")  # not hardway's: not recorded
         with pytest.raises(HardwayError) as err:
-            etcd.bootstrap(inv, state, progress=QUIET)
+            bootstrap(inv, state)
         message = str(err.value)
         assert message.startswith("preflight failed, nothing was changed: controller-0: /var/lib/etcd/member "
                                   "belongs to member d622127685879b3c of cluster 6656feb867e68582")
         assert "mv /var/lib/etcd/member /var/lib/etcd/member.stale-" in message
         assert r.run(f"ls {inv.etcd.data_dir}/member/wal").stdout.split() == [
             "0000000000000000-0000000000000000.wal"], "hardway must not touch the data"
-        assert remote.unit_state(r, "etcd") == "inactive", "preflight must not start anything"
+        assert r.run("systemctl is-active etcd", check=False).stdout.strip() == "inactive", \
+            "preflight must not start anything"
     finally:
         r.run(f"rm -rf {inv.etcd.data_dir}/member && mv /root/member.ours {inv.etcd.data_dir}/member")
         r.close()
-    report = etcd.bootstrap(inv, state, progress=QUIET)
-    assert report.started == [node.name] and not failures(report.results)
+    report = bootstrap(inv, state)
+    assert report.started == {node.name: ["etcd"]} and not failures(report.results)
 
 
 def test_unreachable_node_is_one_line_and_nothing_is_reported_as_success(cluster, lab) -> None:
@@ -171,10 +182,10 @@ def test_unreachable_node_is_one_line_and_nothing_is_reported_as_success(cluster
         lab.start_node(node.name)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # etcd is enabled: it rejoins on boot
-        if not failures(etcd.verify(inv, state)):
+        if not failures(verify(inv, state)):
             break
         time.sleep(2)
-    assert not failures(etcd.verify(inv, state))
+    assert not failures(verify(inv, state))
 
 
 def test_verify_task_exit_codes_and_json(cluster, lab) -> None:
@@ -187,10 +198,10 @@ def test_verify_task_exit_codes_and_json(cluster, lab) -> None:
 
     assert json.loads(ok.stdout)["failed"] is False
     node = inv.controllers[1]
-    run_on(inv, node, f"chmod 0644 {etcd.KEY}")
+    run_on(inv, node, f"chmod 0644 {KEY}")
     try:
         bad = subprocess.run(base, capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert bad.returncode == 1
-        assert f"{etcd.KEY} is 0644 root:root, want 0600" in bad.stdout
+        assert f"{KEY} is 0644 root:root, want 0600" in bad.stdout
     finally:
-        run_on(inv, node, f"chmod 0600 {etcd.KEY}")
+        run_on(inv, node, f"chmod 0600 {KEY}")

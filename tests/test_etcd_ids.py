@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hardway.chapters import etcd_ids
+from hardway.chapters.etcd import ids as etcd_ids
 
 WAL_HEAD = (Path(__file__).parent / "data" / "etcd-3.4-wal-head.bin").read_bytes()
 # What `etcdctl member list -w json` reported for that member (name n1, token tok).

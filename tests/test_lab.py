@@ -20,7 +20,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from hardway import inventory, remote
+from hardway import deploy, inventory, remote
 from hardway import lab as lab_lib
 from hardway.errors import HardwayError
 from hardway.files import File
@@ -406,7 +406,7 @@ def check_bare(lab: lab_lib.Lab) -> None:
         # the framework's way: the inventory's binary installed into /usr/local/bin on the node
         binary = lab.inventory.binaries["etcd"].path
         assert binary is not None
-        remote.install(c, [File("/usr/local/bin/etcd", 0o755, source=binary)])
+        deploy.install(c, [File("/usr/local/bin/etcd", 0o755, source=binary)])
         try:
             assert "etcd Version:" in run(c, "etcd --version")
         finally:

@@ -463,8 +463,8 @@ def test_check_table_and_missing(sample_copy):
 
 def test_format_outcomes_aligns_columns():
     text = pki.format_outcomes([
-        pki.Outcome("cert", "kube-apiserver", "reissued", ("SAN added: IP 10.0.0.1", "EKU changed")),
-        pki.Outcome("kubeconfig", "admin", "kept"),
+        pki.Generated("cert", "kube-apiserver", "reissued", ("SAN added: IP 10.0.0.1", "EKU changed")),
+        pki.Generated("kubeconfig", "admin", "kept"),
     ])
     first, second, summary = text.splitlines()
     assert first.index("kube-apiserver") == second.index("admin")

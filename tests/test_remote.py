@@ -1,77 +1,23 @@
-"""The remote layer's planning and error paths, over the recording fake (tests/fakes.py).
+"""The transport: fan-out, strict host keys, sudo wrapping, one round trip for many facts.
 
 The same features run against real sshd/systemd in tests/test_bootstrap_etcd.py (lab).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from hardway import inventory, remote
+from hardway.facts import Fact, FactOutput, gather
 from hardway.files import File
-from tests.fakes import FakeCluster, FakeFile
+from tests.fakes import FakeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 INV = inventory.load(ROOT / "inventory" / "sample.yaml")
 NODE = INV.controllers[0]
-
-
-def files() -> list[File]:
-    return [
-        File("/etc/etcd/ca.crt", 0o644, content=b"ca\n"),
-        File("/etc/etcd/etcd.key", 0o600, content=b"secret\n", secret=True),
-        File("/etc/systemd/system/etcd.service", 0o644, content=b"[Service]\n", services=("etcd",)),
-    ]
-
-
-def test_install_writes_changed_files_atomically_with_mode_and_owner() -> None:
-    cluster = FakeCluster()
-    r = cluster.connector(INV, NODE)
-    written = remote.install(r, files())
-    assert [f.path for f in written] == [f.path for f in files()]
-    fs = cluster[NODE.name].files
-    key = fs["/etc/etcd/etcd.key"]
-    assert (key.data, key.mode, key.owner, key.group) == (b"secret\n", 0o600, "root", "root")
-    script = next(c for c in cluster[NODE.name].commands if c.startswith("set -e; install -d"))
-    # staged next to the target by `install -m`, then renamed over it: never half a file
-    assert "install -m 0600 -o root -g root /tmp/hardway.fake1/1 /etc/etcd/etcd.key.hardway-new" in script
-    assert "mv -f /etc/etcd/etcd.key.hardway-new /etc/etcd/etcd.key" in script
-    assert not any(p.startswith("/tmp/hardway.fake") for p in fs), "temp dir removed"
-
-
-def test_install_twice_writes_nothing_the_second_time() -> None:
-    cluster = FakeCluster()
-    remote.install(cluster.connector(INV, NODE), files())
-    cluster[NODE.name].commands.clear()
-    cluster[NODE.name].uploads.clear()
-    assert remote.install(cluster.connector(INV, NODE), files()) == []
-    assert cluster[NODE.name].uploads == []
-    assert not any("install -m" in c for c in cluster[NODE.name].commands)
-
-
-def test_install_rewrites_only_the_changed_file_and_repairs_a_mode() -> None:
-    cluster = FakeCluster()
-    remote.install(cluster.connector(INV, NODE), files())
-    fs = cluster[NODE.name].files
-    fs["/etc/etcd/ca.crt"].data = b"tampered\n"
-    fs["/etc/etcd/etcd.key"].mode = 0o644  # a world-readable key must be repaired
-    cluster[NODE.name].uploads.clear()
-    written = remote.install(cluster.connector(INV, NODE), files())
-    assert sorted(f.path for f in written) == ["/etc/etcd/ca.crt", "/etc/etcd/etcd.key"]
-    assert len(cluster[NODE.name].uploads) == 1  # only the changed content travels
-    assert fs["/etc/etcd/ca.crt"].data == b"ca\n"
-    assert fs["/etc/etcd/etcd.key"].mode == 0o600
-
-
-def test_remote_hashes_reports_missing_as_none() -> None:
-    cluster = FakeCluster()
-    cluster[NODE.name].files["/a"] = FakeFile(b"x")
-    got = remote.remote_hashes(cluster.connector(INV, NODE), ["/a", "/b"])
-    assert got == {"/a": hashlib.sha256(b"x").hexdigest(), "/b": None}
 
 
 def test_fan_out_reports_every_node_and_never_stops_at_the_first_failure() -> None:
@@ -133,9 +79,6 @@ def test_sudo_wraps_the_whole_command_in_sh_c(tmp_path: Path) -> None:
     r.conn.run = lambda cmd, **kw: seen.append(cmd) or FakeRun()  # type: ignore[method-assign]
     r.run("a && b")
     assert seen == ["sudo -n sh -c 'a && b'"]
-    # the staging dir belongs to the login user: SFTP uploads as that user, not as root
-    assert r.staging_dir() == "/tmp/hardway.x"
-    assert seen[-1] == "umask 077 && mktemp -d /tmp/hardway.XXXXXXXX"
 
 
 class LocalShell:
@@ -143,26 +86,39 @@ class LocalShell:
 
     node = NODE
 
-    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> remote.Result:
+    def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> remote.CommandResult:
         import subprocess
 
         p = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
-        return remote.Result(command, p.returncode, p.stdout, p.stderr)
+        return remote.CommandResult(command, p.returncode, p.stdout, p.stderr)
+
+    gather = remote.SSHRemote.gather  # the real one: sections_script over run, then parse_sections
 
 
-def test_run_sections_separates_outputs_and_exit_codes_in_one_exec() -> None:
-    out = remote.run_sections(LocalShell(), {  # type: ignore[arg-type]
+def test_one_gather_separates_outputs_and_exit_codes_in_one_exec() -> None:
+    shell = LocalShell()
+    calls: list[str] = []
+    run = shell.run
+    shell.run = lambda command, **kw: calls.append(command) or run(command, **kw)  # type: ignore[method-assign]
+    facts = {name: Fact(name, cmd, lambda out: out) for name, cmd in {
         "plain": "echo one; echo two",
         "no-newline": "printf abc",  # must not swallow the next marker
         "stderr": "echo oops >&2; exit 3",
         "compound": "x=1; if [ $x = 1 ]; then echo yes; fi",
         "empty": "true",
-    })
+    }.items()}
+    out = gather(shell, facts.values())
+    assert len(calls) == 1, "one round trip for every fact"
     assert out["plain"].stdout == "one\ntwo\n" and out["plain"].ok
     assert out["no-newline"].stdout == "abc"
     assert (out["stderr"].stdout, out["stderr"].exit_code) == ("oops\n", 3)
     assert out["compound"].stdout == "yes\n"
     assert out["empty"].stdout == "" and out["empty"].ok
+
+
+def test_a_gather_cut_short_marks_the_unanswered_facts() -> None:
+    out = remote.parse_sections("@@hardway-section@@ a\nhalf", ["a", "b"])
+    assert out["a"] == FactOutput("half", 255) and out["b"] == FactOutput("", 255)
 
 
 def test_a_file_never_shows_its_content_in_a_repr() -> None:

@@ -10,11 +10,13 @@ import pytest
 import yaml
 from cryptography import x509
 
-from hardway import inventory, jumpbox, pki, plan, remote, rotate
+from hardway import deploy, inventory, jumpbox, pki, plan, rotate
+from hardway.chapters import pki as pki_chapter
 from hardway.errors import HardwayError
+from hardway.facts import FactOutput
 from hardway.remote import Progress
 from hardway.state import PkiState
-from tests.fakes import FakeCluster, FakeService
+from tests.fakes import FakeCluster, FakeFile, FakeService
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = (ROOT / "inventory" / "sample.yaml").read_text()
@@ -41,9 +43,10 @@ def deployed(tmp_path: Path) -> tuple[inventory.Inventory, PkiState, FakeCluster
     cluster = FakeCluster()
     for node in inv.nodes:
         files = plan.node_files(inv, node, state)
-        remote.install(cluster.connector(inv, node), files)
+        deploy.install(cluster.connector(inv, node), files)
         fake = cluster[node.name]
         fake.services = {s: FakeService(True, fake.tick()) for f in files for s in f.services}
+        fake.facts["etcd_health"] = FactOutput(f"https://{node.address}:2379 is healthy", 0)
         fake.commands.clear()
     return inv, state, cluster
 
@@ -158,28 +161,51 @@ def test_expiring_certificates_are_renewed_the_same_way(deployed) -> None:
 
 
 def test_a_leftover_old_address_is_a_check_failure(deployed) -> None:
-    from hardway.chapters import certificates
-
     _inv, state, _cluster = deployed
     new_inv = moved()
     # only the certificates were reissued: the kubeconfigs still name the old address
     pki.ensure_certificates(new_inv, state)
-    results = {(r.check, r.node): r for r in certificates.results(new_inv, state)}
+    results = {(r.check, r.node): r for r in pki_chapter.results(new_inv, state)}
     stale = results[("kubeconfig", "admin")]
     assert stale.status == "fail" and f"server https://{OLD}:6443 → https://{NEW}:6443" in stale.detail
     assert results[("kubeconfig", "kube-scheduler")].status == "ok"  # talks to 127.0.0.1
     jumpbox.generate(new_inv, state)
-    assert {r.status for r in certificates.results(new_inv, state)} == {"ok"}
+    assert {r.status for r in pki_chapter.results(new_inv, state)} == {"ok"}
 
 
 def test_a_world_readable_kubeconfig_or_encryption_config_is_a_check_failure(deployed) -> None:
-    from hardway.chapters import certificates
-
     inv, state, _cluster = deployed
     state.kubeconfig("admin").chmod(0o644)
     state.encryption_config.chmod(0o640)
-    failed = {r.node: r.detail for r in certificates.results(inv, state) if r.status == "fail"}
+    failed = {r.node: r.detail for r in pki_chapter.results(inv, state) if r.status == "fail"}
     assert failed == {"admin.kubeconfig": f"{state.kubeconfig('admin')} is 0644, want 0600",
                       "encryption-config.yaml": f"{state.encryption_config} is 0640, want 0600"}
     jumpbox.generate(inv, state)  # tightens them again
-    assert {r.status for r in certificates.results(inv, state)} == {"ok"}
+    assert {r.status for r in pki_chapter.results(inv, state)} == {"ok"}
+
+
+def test_rotation_never_touches_a_file_hardway_did_not_deploy(tmp_path: Path) -> None:
+    """The Debian package's /etc/containerd/config.toml on a worker where the workers chapter was
+    never applied: a planned path, but not hardway's file. Neither the dry run nor the real run
+    may replace it, and containerd is not restarted."""
+    inv = inventory.parse(SAMPLE, "sample.yaml")
+    state = PkiState(tmp_path / "pki")
+    jumpbox.generate(inv, state)
+    cluster = FakeCluster()
+    for node in inv.controllers:  # only etcd and the control plane are deployed
+        deploy.install(cluster.connector(inv, node), plan.node_files(inv, node, state))
+        cluster[node.name].facts["etcd_health"] = FactOutput("healthy", 0)
+    debian = FakeFile(b"# containerd config from the Debian package\n", mtime=3)
+    for w in inv.workers:
+        cluster[w.name].files["/etc/containerd/config.toml"] = debian
+        cluster[w.name].services["containerd"] = FakeService(True, 5)
+    the_plan = rotate.plan_rotation(inv, state, connector=cluster.connector, progress=QUIET)
+    by_node = {n.node.name: n for n in the_plan.nodes}
+    assert by_node["worker-0"].changes == [] and by_node["worker-0"].restarts == []
+    assert by_node["worker-0"].foreign == ["/etc/containerd/config.toml"]
+    assert "/etc/containerd/config.toml: not deployed by hardway; left alone" in the_plan.format()
+    report = rotate.rotate(inv, state, connector=cluster.connector, progress=QUIET)
+    for w in inv.workers:
+        assert cluster[w.name].files["/etc/containerd/config.toml"] is debian
+        assert cluster[w.name].restarts == []
+    assert report.restarted == []

@@ -11,7 +11,9 @@ import pytest
 from cryptography import x509
 
 from hardway import inventory, rotate
-from hardway.chapters import etcd
+from hardway.chapters import Context
+from hardway.chapters.etcd import CHAPTER as ETCD
+from hardway.chapters.etcd.files import CERT
 from hardway.checks import FAIL
 from hardway.remote import Progress
 from tests.test_bootstrap_etcd import host_etcdctl, run_on
@@ -50,7 +52,7 @@ class Writer(threading.Thread):
 def test_rotating_etcd_sans_under_writes_keeps_quorum_and_every_acknowledged_write(lab, lab_pki,
                                                                                    tmp_path: Path) -> None:
     inv, state = lab.inventory, lab_pki
-    etcd.bootstrap(inv, state, progress=QUIET)  # converge first (a no-op after the bootstrap tests)
+    ETCD.apply(Context(inv, state, progress=QUIET))  # converge first (a no-op after the bootstrap tests)
     text = lab.inventory_path.read_text()
     assert "pki:" not in text
     changed = tmp_path / "inventory.yaml"
@@ -72,7 +74,7 @@ def test_rotating_etcd_sans_under_writes_keeps_quorum_and_every_acknowledged_wri
 
     assert report.restarted == [("etcd", n.name) for n in inv.controllers]  # one member at a time
     written = {(node, p) for node, paths in report.written.items() for p in paths}
-    assert written == dry.file_set() == {(n.name, etcd.CERT) for n in inv.controllers}
+    assert written == dry.file_set() == {(n.name, CERT) for n in inv.controllers}
 
     # every acknowledged write is there, read through the cluster after the rotation
     got = host_etcdctl(inv, state, inv.controllers, "get", "/rotation/", "--prefix", "--keys-only")
@@ -88,8 +90,8 @@ def test_rotating_etcd_sans_under_writes_keeps_quorum_and_every_acknowledged_wri
     assert max(gaps) < 8.0, f"no write was acknowledged for {max(gaps):.1f}s: quorum lost?"
 
     for node in inv.controllers:
-        pem = run_on(inv, node, f"cat {etcd.CERT}").stdout.encode()
+        pem = run_on(inv, node, f"cat {CERT}").stdout.encode()
         sans = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value
         assert EXTRA_SAN in sans.get_values_for_type(x509.DNSName), node.name
-    assert not [r for r in etcd.verify(new_inv, state) if r.status == FAIL]
+    assert not [r for r in ETCD.verify(Context(new_inv, state, progress=QUIET)) if r.status == FAIL]

@@ -1,26 +1,19 @@
-"""hardway.render: the systemd_exec filter, StrictUndefined, the real systemd-analyze lint, build/."""
+"""hardway.systemd: the systemd_exec quoting (round-tripped through systemd itself) and the real lint."""
+
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import stat
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from hardway import inventory
+from hardway.chapters.etcd.files import etcd_argv
 from hardway.errors import HardwayError
-from hardway.files import File
-from hardway.inventory import Inventory
-from hardway.plan import etcd_argv, node_files
-from hardway.render import exec_argv, lint_units, render, systemd_exec, systemd_quote, write_build
-from hardway.state import PkiState
-from tests.test_plan import SAMPLE
+from hardway.systemd import lint_units, systemd_exec, systemd_quote
+from tests.systemd_dump import exec_argv
 
 TRICKY = [
     "/usr/local/bin/demo",
@@ -132,40 +125,7 @@ def test_no_hand_placed_backslashes_in_unit_templates():
 
 
 # --------------------------------------------------------------------------------------------
-# StrictUndefined
-
-
-def test_missing_variable_names_template_and_variable(tmp_path):
-    (tmp_path / "units").mkdir()
-    (tmp_path / "units" / "x.service.j2").write_text("[Unit]\nDescription={{ description }}\n"
-                                                     "After={{ after_unit }}\n")
-    with pytest.raises(HardwayError) as err:
-        render("units/x.service.j2", templates_dir=tmp_path, description="fine")
-    message = str(err.value)
-    assert "units/x.service.j2" in message and "after_unit" in message
-    assert "units/x.service.j2:3" in message  # the template line
-
-
-def test_real_template_without_argv_is_an_error():
-    with pytest.raises(HardwayError, match=r"units/etcd\.service\.j2.*argv"):
-        render("units/etcd.service.j2", node=SimpleNamespace(name="c0"), inv=SimpleNamespace(cluster_name="k"))
-
-
-def test_undefined_inside_a_condition_is_an_error(tmp_path):
-    (tmp_path / "c.j2").write_text("{{ 'yes' if enabled else 'no' }}\n")
-    with pytest.raises(HardwayError, match=r"c\.j2.*enabled"):
-        render("c.j2", templates_dir=tmp_path)
-    assert render("c.j2", templates_dir=tmp_path, enabled=True) == "yes\n"  # keeps the trailing newline
-
-
-# --------------------------------------------------------------------------------------------
 # Lint with the real systemd-analyze
-
-
-@pytest.fixture(scope="module")
-def build(inv: Inventory, state: PkiState, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    out = tmp_path_factory.mktemp("build") / inv.cluster_name
-    return out, write_build(inv, state, out)
 
 
 def test_every_rendered_unit_passes_verify(inv, build, tmp_path):
@@ -239,95 +199,3 @@ def test_etcd_flags_are_known_to_the_real_etcd(inv):
     for c in inv.controllers:
         for arg in etcd_argv(inv, c)[1:]:
             assert arg.split("=", 1)[0] in known, arg
-
-
-# --------------------------------------------------------------------------------------------
-# build/
-
-
-def tree(root: Path) -> dict[str, tuple[bytes | None, int]]:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None, stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(root.rglob("*"))}
-
-
-def test_render_is_deterministic(inv, state, build, tmp_path):
-    out, _ = build
-    again = tmp_path / "again"
-    write_build(inv, state, again)
-    assert tree(again) == tree(out)
-    first = (out / "worker-0" / "manifest.json").read_bytes()
-    write_build(inv, state, out, "worker-0")
-    assert (out / "worker-0" / "manifest.json").read_bytes() == first
-    assert tree(again) == tree(out)
-
-
-def test_build_modes_and_manifest(inv, state, build):
-    out, written = build
-    assert stat.S_IMODE(out.stat().st_mode) == 0o700
-    for n in inv.nodes:
-        node_dir = out / n.name
-        manifest = json.loads((node_dir / "manifest.json").read_text())
-        planned = node_files(inv, n.name, state)
-        assert manifest == sorted((f.manifest_entry() for f in planned), key=lambda e: e["path"])
-        for f in planned:
-            target = node_dir / f.path.lstrip("/")
-            assert target.read_bytes() == f.content
-            assert stat.S_IMODE(target.stat().st_mode) == (0o600 if f.secret else f.mode)
-        for d in [node_dir, *(p for p in node_dir.rglob("*") if p.is_dir())]:
-            assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
-    key = out / "controller-0" / "etc" / "etcd" / "etcd.key"
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert out / "controller-0" / "manifest.json" in written
-
-
-def test_binaries_in_manifest_not_copied(state, tmp_path):
-    fake = tmp_path / "etcd-binary"
-    fake.write_bytes(b"not really etcd")
-    text = SAMPLE.read_text().replace("etcd: {path: ./bin/etcd}", f"etcd: {{path: {fake}}}")
-    inv_b = inventory.parse(text, "b.yaml", base=SAMPLE.parent)
-    out = tmp_path / "out"
-    write_build(inv_b, state, out, "controller-0")
-    entries = {e["path"]: e for e in json.loads((out / "controller-0" / "manifest.json").read_text())}
-    etcd = entries["/usr/local/bin/etcd"]
-    assert etcd["source"] == str(fake) and etcd["mode"] == "0755" and etcd["services"] == ["etcd"]
-    assert etcd["sha256"] == hashlib.sha256(b"not really etcd").hexdigest()
-    assert not (out / "controller-0" / "usr").exists()
-    assert "source" not in entries["/etc/etcd/etcd.key"]
-
-
-def test_stale_files_are_removed_and_other_nodes_untouched(inv, state, tmp_path):
-    out = tmp_path / "out"
-    write_build(inv, state, out)
-    stale = out / "worker-0" / "etc" / "old.conf"
-    stale.write_text("left over")
-    other = tree(out / "worker-1")
-    write_build(inv, state, out, "worker-0")
-    assert not stale.exists()
-    assert tree(out / "worker-1") == other
-    assert sorted(p.name for p in out.iterdir()) == sorted(n.name for n in inv.nodes)  # no temp dirs left
-
-
-def test_failed_render_keeps_the_previous_build(inv, state, tmp_path):
-    out = tmp_path / "out"
-    write_build(inv, state, out, "worker-0")
-    before = tree(out)
-    with pytest.raises(HardwayError, match="run `invoke pki`"):
-        write_build(inv, PkiState(tmp_path / "no-pki"), out, "worker-0")
-    assert tree(out) == before
-
-
-def test_a_unit_systemd_rejects_keeps_the_previous_build(inv, state, tmp_path, monkeypatch):
-    """Fails at lint, after every file reached the staging dir: nothing of it may land or linger."""
-    from hardway import plan
-
-    out = tmp_path / "out"
-    write_build(inv, state, out, "worker-0")
-    before = tree(out)
-    real = plan.node_files
-    broken = File("/etc/systemd/system/broken.service", 0o644,
-                  content=b"[Service]\nExecStart=/bin/true \\ \n  --dropped\n")  # space after the backslash
-    monkeypatch.setattr(plan, "node_files", lambda *a, **kw: [*real(*a, **kw), broken])
-    with pytest.raises(HardwayError, match=r"systemd-analyze verify rejects worker-0's units .* was left as it was"):
-        write_build(inv, state, out, "worker-0")
-    assert tree(out) == before
-    assert sorted(p.name for p in out.iterdir()) == ["worker-0"], "no staging dir left behind"

@@ -1,0 +1,281 @@
+"""A chapter: one step of building the cluster, as one module and one registry line.
+
+After k0sctl's phases. A chapter says which nodes it targets, which files each receives (pure),
+what it must know about a node before touching it (facts) and how it judges them, how it starts
+its services and waits until they are healthy, how one of its services is restarted on one node
+(rotation uses this), and its checks. ``Chapter.apply`` is the shared flow::
+
+    survey  (one round trip per node: the chapter's facts, the disk, the record, unit states)
+      -> judge (pure)          stop here, nothing changed, if anything failed or a file is foreign
+      -> push + follow-up      one exec per node: install changed files, daemon-reload, enable, start
+      -> settle                wait healthy; restart running services whose files changed, rolling
+      -> checks
+
+A chapter that writes no files (pod routes, the smoke test) overrides ``apply`` with commands that
+are a pure function of facts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hardway import deploy, remote, services
+from hardway.checks import FAIL, OK, Check, CheckResult, run_checks
+from hardway.deploy import PushPlan, PushReport
+from hardway.errors import HardwayError
+from hardway.facts import Fact, FactValues, FileStat, UnitState, gather, unit_states
+from hardway.files import File
+from hardway.inventory import Inventory, Node
+from hardway.planner import Planner, files_for
+from hardway.remote import Connector, Progress, Remote
+from hardway.state import PkiState
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One preflight judgment about a node ("-": the jumpbox)."""
+
+    node: str
+    status: str  # ok / warn / fail
+    message: str
+
+
+@dataclass
+class Context:
+    """Everything a chapter works with during one task."""
+
+    inv: Inventory
+    state: PkiState
+    cache_dir: Path | None = None
+    connector: Connector = remote.connect
+    progress: Progress = field(default_factory=Progress)
+    timeout: float = 90.0
+    adopt: bool = False  # replace foreign files at planned paths (keeping a backup)
+    _files: dict[tuple[str, str], list[File]] = field(default_factory=dict, repr=False)
+
+    def files(self, chapter: Chapter, node: Node) -> list[File]:
+        """What ``chapter`` puts on ``node``; planned once per task (binaries are hashed once)."""
+        key = (chapter.name, node.name)
+        if key not in self._files:
+            self._files[key] = files_for(self.inv, node, self.state, [chapter], self.cache_dir)
+        return self._files[key]
+
+
+@dataclass
+class Survey:
+    """What one node looked like before the chapter touched it, and what the push will do."""
+
+    node: Node
+    files: list[File]
+    facts: FactValues
+    push: PushPlan
+    findings: list[Finding]
+    sweep: list[str] = field(default_factory=list)  # staging dirs of killed runs
+    stats: dict[str, FileStat | None] = field(default_factory=dict)
+    states: dict[str, UnitState] = field(default_factory=dict)  # the chapter's units, before
+
+
+@dataclass
+class ApplyReport:
+    chapter: str
+    findings: list[Finding]
+    written: dict[str, list[str]]  # node -> paths written
+    started: dict[str, list[str]]  # node -> units started
+    restarted: dict[str, list[str]]  # node -> units restarted
+    results: list[CheckResult]
+    seconds: float
+    bytes_sent: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: where the time went
+
+    def summary(self) -> str:
+        files = sum(len(v) for v in self.written.values())
+        if not files and not self.started and not self.restarted:
+            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts"
+
+        def units(d: dict[str, list[str]]) -> str:
+            return ", ".join(f"{' '.join(v)} on {n}" for n, v in d.items()) or "none"
+
+        mb, push = self.bytes_sent / 1e6, self.phases.get("push", 0.0)
+        sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb and push else ""
+        return (f"{self.chapter}: {files} file(s) written on {sum(1 for v in self.written.values() if v)} "
+                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}")
+
+
+def first_failure(findings: Sequence[Finding]) -> HardwayError | None:
+    failures = [f for f in findings if f.status == FAIL]
+    if not failures:
+        return None
+    first = failures[0]
+    more = f" (and {len(failures) - 1} more problem(s) above)" if len(failures) > 1 else ""
+    where = "" if first.node == "-" or first.message.startswith(first.node) else f"{first.node}: "
+    return HardwayError(f"preflight failed, nothing was changed: {where}{first.message}{more}")
+
+
+class Chapter:
+    """Override what differs; the defaults fit a chapter of plain systemd services."""
+
+    name: str = ""
+    title: str = ""
+    summary: str = ""  # two or three sentences: what this chapter is for
+    task: str = ""  # the invoke task that applies it, named in hints
+    applied_by_task: bool = False  # tasks.py makes `invoke <task>` run ``apply`` (node chapters)
+    units: tuple[str, ...] = ()  # its services, in start and restart order
+    binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
+    no_block_start: bool = False  # Type=notify units that only come up together (etcd)
+
+    def __repr__(self) -> str:
+        return f"<chapter {self.name}>"
+
+    # --- what and where (pure) ----------------------------------------------------------------
+
+    def targets(self, inv: Inventory) -> tuple[Node, ...]:
+        return ()
+
+    def plan_files(self, p: Planner) -> None:
+        """Add the files ``p.node`` receives from this chapter."""
+
+    # --- preflight: facts, then pure judgment -------------------------------------------------
+
+    def jumpbox_findings(self, ctx: Context, files: dict[str, list[File]]) -> list[Finding]:
+        """Judgments made on the jumpbox before any node is asked (binaries, flags)."""
+        return []
+
+    def node_facts(self, ctx: Context, node: Node, files: list[File]) -> list[Fact]:
+        return []
+
+    def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
+        return []
+
+    # --- apply --------------------------------------------------------------------------------
+
+    def survey(self, ctx: Context, nodes: Sequence[Node] | None = None) -> list[Survey]:
+        """Preflight every target in parallel, one round trip each; unreachable nodes are findings."""
+        nodes = self.targets(ctx.inv) if nodes is None else nodes
+        planned = {n.name: ctx.files(self, n) for n in nodes}
+
+        def look(r: Remote) -> Survey:
+            ctx.progress(r.node, f"preflight {self.name}")
+            files = planned[r.node.name]
+            hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
+            states_fact = unit_states(self.units)
+            facts = gather(r, [*self.node_facts(ctx, r.node, files), *disk, states_fact])
+            push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
+                                    adopt=ctx.adopt)
+            findings = self.judge(ctx, r.node, facts)
+            if push.foreign:
+                findings.append(Finding(r.node.name, FAIL, str(deploy.foreign_error(
+                    r.node.name, push.foreign, f"invoke {self.task}")).removeprefix(f"{r.node.name}: ")))
+            return Survey(r.node, files, facts, push, findings, deploy.sweepable(facts[deploy.STAGING_FACT]),
+                          facts[stats_fact], facts[states_fact])
+
+        surveys = []
+        for o in remote.fan_out(ctx.inv, nodes, look, connector=ctx.connector):
+            if o.ok and o.value is not None:
+                surveys.append(o.value)
+            else:
+                error = (o.error or "failed").removeprefix(f"{o.node.name}: ")
+                surveys.append(Survey(o.node, planned[o.node.name], FactValues({}), PushPlan(),
+                                      [Finding(o.node.name, FAIL, error)], []))
+        return surveys
+
+    def follow_up(self, ctx: Context, survey: Survey, written: Sequence[str]) -> services.StartPlan:
+        """What the node's units need once the push is in place (run in the push's own exec)."""
+        return services.plan_start(self.units, written, survey.files, survey.stats, survey.states)
+
+    def apply(self, ctx: Context) -> ApplyReport:
+        t0 = time.monotonic()
+        phases: dict[str, float] = {}
+        clock = [t0]
+
+        def lap(phase: str) -> None:
+            now = time.monotonic()
+            phases[phase] = now - clock[0]
+            clock[0] = now
+
+        nodes = self.targets(ctx.inv)
+        findings = self.jumpbox_findings(ctx, {n.name: ctx.files(self, n) for n in nodes})
+        lap("plan+jumpbox")
+        if (err := first_failure(findings)) is not None:
+            raise err
+        surveys = self.survey(ctx, nodes)
+        lap("survey")
+        findings += [f for s in surveys for f in s.findings]
+        for f in findings:
+            if f.status != OK:
+                ctx.progress(f.node, f"{f.status}: {f.message}")
+        if (err := first_failure(findings)) is not None:
+            raise err
+        by_name = {s.node.name: s for s in surveys}
+        start_plans: dict[str, services.StartPlan] = {}
+
+        def push(r: Remote) -> PushReport:
+            s = by_name[r.node.name]
+            start = self.follow_up(ctx, s, [f.path for f in s.push.write])
+            start_plans[r.node.name] = start
+            report = deploy.push(r, s.push, login_user=ctx.inv.ssh.user, sweep=s.sweep,
+                                 then=services.start_commands(start, no_block=self.no_block_start))
+            ctx.progress(r.node, f"pushed {len(report.written)} changed file(s)" if report.written
+                         else "files up to date")
+            if start.start:
+                ctx.progress(r.node, f"start {' '.join(start.start)}")
+            return report
+
+        pushed = remote.fan_out(ctx.inv, nodes, push, connector=ctx.connector)
+        lap("push")
+        written = {o.node.name: (o.value.written if o.value else []) for o in pushed}
+        if (error := remote.first_error(pushed)) is not None:
+            done = ", ".join(f"{o.node.name} ({len(o.value.written)} files)" for o in pushed
+                             if o.ok and o.value) or "none"
+            raise HardwayError(f"push failed on {error}; pushed to: {done}; fix and re-run `invoke {self.task}` "
+                               "(it converges)")
+        started = {n: list(p.start) for n, p in start_plans.items() if p.start}
+        restarted = self.settle(ctx, nodes, start_plans)
+        lap("settle")
+        results = self.verify(ctx)
+        lap("checks")
+        return ApplyReport(self.name, findings, written, started, restarted, results, time.monotonic() - t0,
+                           sum(o.value.bytes_sent for o in pushed if o.value), phases)
+
+    def settle(self, ctx: Context, nodes: Sequence[Node], plans: dict[str, services.StartPlan]) -> dict[str, list[str]]:
+        """Wait for what was started; then restart, one node at a time, what runs on old files."""
+        starting = [n for n in nodes if plans[n.name].start]
+        self.wait_healthy(ctx, starting, {n.name: plans[n.name].start for n in starting})
+        restarted: dict[str, list[str]] = {}
+        for unit in self.units:
+            for n in nodes:
+                if unit in plans[n.name].restart:
+                    self.restart(ctx, n, unit)
+                    restarted.setdefault(n.name, []).append(unit)
+        return restarted
+
+    def wait_healthy(self, ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[str]]) -> None:
+        """Until every given unit on every given node is healthy (default: systemd says active)."""
+
+        def wait(r: Remote) -> None:
+            waited = services.wait_active(r, units[r.node.name], ctx.timeout)
+            ctx.progress(r.node, f"{' '.join(units[r.node.name])} active after {waited:.1f}s")
+
+        if (error := remote.first_error(remote.fan_out(ctx.inv, nodes, wait, connector=ctx.connector))):
+            raise HardwayError(error)
+
+    def restart(self, ctx: Context, node: Node, unit: str) -> None:
+        """Restart one of this chapter's units on one node and wait until it is healthy again."""
+        r = ctx.connector(ctx.inv, node)
+        try:
+            ctx.progress(node, f"restart {unit}")
+            services.systemctl(r, "restart", unit, timeout=int(ctx.timeout))
+        finally:
+            r.close()
+        self.wait_healthy(ctx, [node], {node.name: [unit]})
+
+    # --- verify -------------------------------------------------------------------------------
+
+    def checks(self, ctx: Context) -> list[Check]:
+        return []
+
+    def verify(self, ctx: Context) -> list[CheckResult]:
+        return run_checks(self.checks(ctx))
+

@@ -1,0 +1,58 @@
+"""Chapter etcd: a TLS etcd cluster, one member per controller (`invoke bootstrap-etcd`).
+
+Preflight refuses to touch anything when a node is unreachable, the binary does not fit, a port
+is taken or a data dir belongs to another cluster; the push writes only files whose sha256
+differs; stopped members start together, changed running members restart one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hardway.chapters.base import Chapter, Context, Finding
+from hardway.chapters.etcd import apply, files, preflight, verify
+from hardway.checks import Check
+from hardway.facts import Fact, FactValues
+from hardway.files import File
+from hardway.inventory import Inventory, Node
+from hardway.paths import BIN
+from hardway.planner import Planner
+
+
+class EtcdChapter(Chapter):
+    name = "etcd"
+    title = "Bootstrapping the etcd cluster"
+    summary = ("etcd stores every object of the cluster. Each controller runs one member; members talk TLS to "
+               "each other and to clients, and accept only clients with a certificate from the cluster's CA.")
+    task = "bootstrap-etcd"
+    applied_by_task = True
+    units = (files.UNIT,)
+    binaries = ("etcd", "etcdctl", "etcdutl")
+    no_block_start = True
+
+    def targets(self, inv: Inventory) -> tuple[Node, ...]:
+        return inv.controllers
+
+    def plan_files(self, p: Planner) -> None:
+        files.plan_files(p)
+
+    def jumpbox_findings(self, ctx: Context, planned: dict[str, list[File]]) -> list[Finding]:
+        return preflight.jumpbox_findings(ctx.inv, planned)
+
+    def node_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
+        return preflight.node_facts(ctx.inv)
+
+    def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
+        binary = next((f.source for f in ctx.files(self, node) if f.path == f"{BIN}/etcd" and f.source), None)
+        arch = preflight.elf_arch(binary) if binary is not None else None
+        return preflight.judge_preflight(ctx.inv, node, preflight.node_facts_from(ctx.inv, facts), arch)
+
+    def wait_healthy(self, ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[str]]) -> None:
+        apply.wait_healthy(ctx, nodes)
+
+    def checks(self, ctx: Context) -> list[Check]:
+        return [Check(self.name, "etcd", "a healthy TLS etcd cluster matching the inventory",
+                      lambda: verify.verify(ctx, {n.name: ctx.files(self, n) for n in ctx.inv.controllers}))]
+
+
+CHAPTER = EtcdChapter()

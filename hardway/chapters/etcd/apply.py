@@ -1,0 +1,52 @@
+"""How etcd members come up: all stopped members at once, then wait for health, never one by one.
+
+etcd runs ``Type=notify``: ``systemctl start`` returns only once the member has joined a quorum,
+so a member started alone blocks until the others come. The push therefore starts members with
+``--no-block`` (see Chapter.no_block_start) and this waits on each member's own health endpoint.
+Restarts of running members are rolling (the base Chapter's settle): each healthy before the next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from hardway import remote
+from hardway.chapters.base import Context
+from hardway.chapters.etcd.files import UNIT
+from hardway.chapters.etcd.verify import health
+from hardway.errors import HardwayError
+from hardway.facts import gather, unit_states
+from hardway.inventory import Node
+from hardway.remote import Remote
+
+POLL_S = 0.2
+FAILED = "the unit failed"
+
+
+def wait_healthy(ctx: Context, nodes: Sequence[Node]) -> None:
+    """Poll each member's own endpoint until healthy; one line per member as it gets there."""
+
+    def wait(r: Remote) -> float:
+        t0 = time.monotonic()
+        asked, state = health(ctx.inv, r.node), unit_states((UNIT,))
+        last = ""
+        while time.monotonic() - t0 < ctx.timeout:
+            facts = gather(r, [asked, state], timeout=20)
+            ok, text = facts[asked]
+            if ok:
+                ctx.progress(r.node, f"etcd healthy after {time.monotonic() - t0:.1f}s")
+                return time.monotonic() - t0
+            last = (text.splitlines() or [""])[-1]
+            if facts[state][UNIT].active == "failed":
+                raise HardwayError(f"{r.node.name}: etcd failed to start ({FAILED}); see `journalctl -u etcd` "
+                                   "there, or run `invoke verify --chapter etcd` for the cause")
+            time.sleep(POLL_S)
+        raise HardwayError(f"{r.node.name}: etcd not healthy after {time.monotonic() - t0:.0f}s "
+                           f"({last}); run `invoke verify --chapter etcd` for the cause")
+
+    outcomes = remote.fan_out(ctx.inv, nodes, wait, connector=ctx.connector)
+    # a member whose unit failed explains why the others found no quorum: name it first
+    outcomes.sort(key=lambda o: FAILED not in (o.error or ""))
+    if (error := remote.first_error(outcomes)):
+        raise HardwayError(error)

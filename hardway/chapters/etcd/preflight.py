@@ -1,0 +1,225 @@
+"""The etcd chapter's preflight: facts from each controller, judged by a pure function.
+
+Refuses to touch anything when the binary does not fit, a port is taken by something else, or a
+data dir belongs to another cluster; measures the disk where the data will live.
+"""
+
+from __future__ import annotations
+
+import base64
+import platform
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hardway.chapters.base import Finding
+from hardway.chapters.etcd import ids
+from hardway.chapters.etcd.files import BINARIES, UNIT, UNIT_PATH
+from hardway.checks import FAIL, OK, WARN
+from hardway.errors import HardwayError
+from hardway.facts import ARCH, LISTENERS, Fact, FactOutput, FactValues, unit_states
+from hardway.files import File
+from hardway.inventory import Inventory, Node
+from hardway.paths import BIN
+from hardway.systemd import unit_flags
+
+FSYNC_P99_LIMIT_MS = 10.0  # etcd's hardware guide: fdatasync p99 under 10 ms
+PORTS = (2379, 2380)
+
+ELF_MACHINES = {0x3E: "x86_64", 0xB7: "aarch64", 0x28: "armv7l", 0xF3: "riscv64", 0x15: "ppc64le",
+                0x16: "s390x", 0x03: "i686"}
+
+
+def elf_arch(path: Path) -> str | None:
+    with path.open("rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    return ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"), "unknown")
+
+
+def binary_help(binary: Path) -> tuple[str, str]:
+    """(version line, help text) of the etcd binary being distributed — asked, not assumed."""
+    try:
+        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=20)
+        helptext = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HardwayError(f"{binary}: cannot run it to list its flags: {exc}") from None
+    first = (version.stdout or version.stderr).strip().splitlines()
+    return (first[0] if first else "unknown version"), helptext.stdout + helptext.stderr
+
+
+def unknown_flags(flags: Sequence[str], helptext: str) -> list[str]:
+    return [f for f in flags if not re.search(rf"(^|\s){re.escape(f)}(\s|=|$)", helptext, re.M)]
+
+
+def jumpbox_findings(inv: Inventory, files: dict[str, list[File]]) -> list[Finding]:
+    """The binaries being distributed: present, ELF, and (when they run here) accepting every flag."""
+    findings: list[Finding] = []
+    sample = files[inv.controllers[0].name]
+    for name in BINARIES:
+        if not any(f.path == f"{BIN}/{name}" for f in sample):
+            src = inv.binaries.get(name)
+            findings.append(Finding("-", FAIL, f"binaries.{name} is not available"
+                                    + (f" ({src.url} not fetched)" if src and src.url else
+                                       f" ({src.path} missing)" if src and src.path else
+                                       " (not in the inventory)")
+                                    + f"; add it to {inv.path} under binaries"))
+    etcd_file = next((f for f in sample if f.path == f"{BIN}/etcd"), None)
+    if etcd_file is None or etcd_file.source is None:
+        return findings
+    binary_arch = elf_arch(etcd_file.source)
+    if binary_arch is None:
+        findings.append(Finding("-", FAIL, f"binaries.etcd: {etcd_file.source} is not an ELF binary"))
+    elif binary_arch == platform.machine():
+        version, helptext = binary_help(etcd_file.source)
+        unit = next(f for f in sample if f.path == UNIT_PATH)
+        bad = unknown_flags(unit_flags(unit.data().decode()), helptext)
+        for flag in bad:
+            findings.append(Finding("-", FAIL, f"the unit passes {flag}, which {etcd_file.source} ({version}) does "
+                                               "not accept; use an etcd release that has it or drop the flag"))
+        if not bad:
+            findings.append(Finding("-", OK, f"{version}: accepts every flag in the unit"))
+    else:
+        findings.append(Finding("-", WARN, f"the etcd binary is {binary_arch}: its flags cannot be asked on this "
+                                           "jumpbox and were not checked"))
+    return findings
+
+
+# --- facts -----------------------------------------------------------------------------------
+
+FSYNC_PROBE = r"""
+import os, sys, time
+d = sys.argv[1]
+path = os.path.join(d, ".hardway-fsync-probe")
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+buf = b"x" * 2300  # etcd's fio recipe: 2300-byte sequential writes, fdatasync after each
+lat = []
+try:
+    for _ in range(int(sys.argv[2])):
+        os.write(fd, buf)
+        t = time.perf_counter(); os.fdatasync(fd); lat.append(time.perf_counter() - t)
+finally:
+    os.close(fd); os.unlink(path)
+lat.sort()
+print("%.3f" % (lat[int(len(lat) * 0.99) - 1] * 1000))
+"""
+
+
+def _entries(out: FactOutput) -> list[str]:
+    return out.stdout.split()
+
+
+def data_dir_entries(data_dir: str) -> Fact[list[str]]:
+    return Fact("data_dir_entries", f"ls -A {shlex.quote(data_dir)} 2>/dev/null || true", _entries, (data_dir,))
+
+
+def _wal(out: FactOutput) -> bytes | None:
+    text = out.stdout.strip()
+    return base64.b64decode(text) if text else None
+
+
+def wal_head(data_dir: str) -> Fact[bytes | None]:
+    """The first 4 KiB of the member's first WAL segment: its metadata names member and cluster."""
+    q = shlex.quote(data_dir)
+    return Fact("wal_head", f"f=$(ls {q}/member/wal/*.wal 2>/dev/null | head -n 1); "
+                            "if [ -n \"$f\" ]; then head -c 4096 \"$f\" | base64 -w0; fi", _wal, (data_dir,))
+
+
+def _p99(out: FactOutput) -> float | None:
+    if not out.ok:
+        return None  # no python3 on the node (exit 99)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def fsync_p99(data_dir: str, samples: int = 300) -> Fact[float | None]:
+    """fdatasync p99 in ms where the data will live: the data dir if it exists, else its parent."""
+    parent = shlex.quote(data_dir.rsplit("/", 1)[0] or "/")
+    return Fact("fsync_p99", f"d={shlex.quote(data_dir)}; [ -d \"$d\" ] || d={parent}; "
+                             "command -v python3 >/dev/null || exit 99; "
+                             f"mkdir -p \"$d\" && python3 -c {shlex.quote(FSYNC_PROBE)} \"$d\" {samples}",
+                _p99, (data_dir, samples))
+
+
+def node_facts(inv: Inventory) -> list[Fact]:
+    d = inv.etcd.data_dir
+    return [ARCH, LISTENERS, data_dir_entries(d), wal_head(d), fsync_p99(d)]
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeFacts:
+    """What preflight learns about one controller."""
+
+    arch: str = ""
+    listeners: dict[int, str] = field(default_factory=dict)  # port -> "pid/command" holding it
+    etcd_main_pid: str = "0"
+    data_dir_entries: list[str] = field(default_factory=list)
+    wal_head: bytes | None = None
+    fsync_p99_ms: float | None = None
+
+
+def node_facts_from(inv: Inventory, values: FactValues) -> NodeFacts:
+    d = inv.etcd.data_dir
+    held = values[LISTENERS]
+    return NodeFacts(
+        arch=values[ARCH],
+        listeners={p: f"{pid}/{cmd}" for p, (pid, cmd) in held.items() if p in PORTS},
+        etcd_main_pid=str(values[unit_states((UNIT,))][UNIT].main_pid),
+        data_dir_entries=values[data_dir_entries(d)],
+        wal_head=values[wal_head(d)],
+        fsync_p99_ms=values[fsync_p99(d)],
+    )
+
+
+def judge_preflight(inv: Inventory, node: Node, facts: NodeFacts, binary_arch: str | None) -> list[Finding]:
+    """Pure: turn one node's facts into findings (tested without machines)."""
+    out: list[Finding] = []
+    name = node.name
+    if binary_arch and facts.arch and binary_arch != facts.arch:
+        out.append(Finding(name, FAIL, f"the etcd binary is {binary_arch} but the node is {facts.arch}; "
+                                       f"point binaries.etcd at the {facts.arch} release"))
+    for port, holder in sorted(facts.listeners.items()):
+        pid = holder.split("/", 1)[0]
+        if pid != facts.etcd_main_pid:
+            out.append(Finding(name, FAIL, f"port {port} is held by {holder}, not by our etcd unit; stop it "
+                                           "or free the port"))
+    data_dir = inv.etcd.data_dir
+    if "member" in facts.data_dir_entries:
+        meta = ids.wal_metadata(facts.wal_head or b"")
+        want_member = ids.expected_member_id(inv, node)
+        want_cluster = ids.expected_cluster_id(inv)
+        aside = f"mv {data_dir}/member {data_dir}/member.stale-$(date +%Y%m%d%H%M%S)"
+        fix = (f"fix: on {name}, `systemctl stop etcd; {aside}`; if the other members are serving, "
+               f"re-add it (`etcdctl member remove <old id>`, `etcdctl member add {name} "
+               f"--peer-urls={inv.etcd_peer_url(node)}`) and start it with --initial-cluster-state "
+               "existing; otherwise re-run bootstrap-etcd. hardway never deletes data itself")
+        if meta is None:
+            out.append(Finding(name, FAIL, f"{data_dir}/member has no readable WAL, so it cannot be shown to "
+                                           f"belong to this cluster; {fix}"))
+        elif meta != (want_member, want_cluster):
+            out.append(Finding(name, FAIL, f"{data_dir}/member belongs to member {meta[0]:x} of cluster "
+                                           f"{meta[1]:x}, not to {want_member:x} of this cluster "
+                                           f"({want_cluster:x}): a stale or foreign member; {fix}"))
+        else:
+            out.append(Finding(name, OK, f"{data_dir} holds this cluster's member {want_member:x}: kept"))
+    elif facts.data_dir_entries:
+        out.append(Finding(name, FAIL, f"{data_dir} is not empty and holds no etcd member "
+                                       f"({', '.join(facts.data_dir_entries[:5])}); move it aside or set "
+                                       "etcd.data_dir in the inventory"))
+    if facts.fsync_p99_ms is not None:
+        if facts.fsync_p99_ms >= FSYNC_P99_LIMIT_MS:
+            out.append(Finding(name, WARN, f"fdatasync p99 {facts.fsync_p99_ms:.1f} ms in {data_dir} (etcd "
+                                           f"wants < {FSYNC_P99_LIMIT_MS:.0f} ms): expect slow commits and "
+                                           "lost leaders; use an SSD"))
+        else:
+            out.append(Finding(name, OK, f"fdatasync p99 {facts.fsync_p99_ms:.2f} ms"))
+    else:
+        out.append(Finding(name, WARN, "no python3 on the node: disk fdatasync latency not measured"))
+    return out
+

@@ -1,0 +1,207 @@
+"""Facts: what hardway reads from a node, as data (after pyinfra's facts).
+
+A fact is a name, the read-only shell command that asks it, and a pure parser of that command's
+output. ``gather`` sends many facts to a node in one round trip (every exec costs a session on
+the node) and parses each answer; parsers are tested on recorded outputs (tests/data/facts/),
+and the remote fake answers by fact name, so the logic that judges facts runs without a machine.
+
+Generic facts live here; a chapter keeps its own next to its code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from hardway.errors import HardwayError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FactOutput:
+    """What a fact's command printed (stdout with stderr merged) and its exit code."""
+
+    stdout: str
+    exit_code: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True, eq=False)
+class Fact(Generic[T]):
+    """``name``: what is asked (the fake answers by it); ``args``: about what (paths, a unit)."""
+
+    name: str
+    shell: str
+    parse: Callable[[FactOutput], T] = field(repr=False)
+    args: tuple[Any, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Unique within a gather, one word: the name plus a digest of the arguments."""
+        if not self.args:
+            return self.name
+        return f"{self.name}#{hashlib.sha256(repr(self.args).encode()).hexdigest()[:10]}"
+
+
+class FactValues:
+    """The parsed answers of one gather, looked up by the Fact object (or its key)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, fact: Fact[T] | str) -> T:
+        return self._values[fact if isinstance(fact, str) else fact.key]
+
+    def __contains__(self, fact: Fact[Any] | str) -> bool:
+        return (fact if isinstance(fact, str) else fact.key) in self._values
+
+    def merged(self, other: FactValues) -> FactValues:
+        return FactValues({**self._values, **other._values})
+
+
+def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None) -> FactValues:
+    """Ask ``remote`` (a hardway.remote.Remote) every fact in one round trip and parse the answers.
+
+    A parser that cannot read an answer raises HardwayError naming node and fact: it means the
+    node is not what hardway expects (another distribution, a changed tool), never a crash.
+    """
+    unique = list({f.key: f for f in facts}.values())
+    if not unique:
+        return FactValues({})
+    raw = remote.gather(unique, timeout=timeout)
+    values: dict[str, Any] = {}
+    for f in unique:
+        out = raw.get(f.key, FactOutput("", 255))
+        try:
+            values[f.key] = f.parse(out)
+        except HardwayError as exc:  # the parser's own words (a broken state file names its fix)
+            raise HardwayError(f"{remote.node.name}: {exc}") from None
+        except (ValueError, LookupError, TypeError) as exc:
+            raise HardwayError(f"{remote.node.name}: cannot read fact {f.name} ({type(exc).__name__}: {exc}); "
+                               f"its output began {out.stdout[:120]!r}") from None
+    return FactValues(values)
+
+
+def _quoted(paths: Sequence[str]) -> str:
+    return " ".join(shlex.quote(p) for p in paths)
+
+
+# --- generic facts ---------------------------------------------------------------------------
+
+
+def _parse_arch(out: FactOutput) -> str:
+    return out.stdout.strip()
+
+
+ARCH: Fact[str] = Fact("arch", "uname -m", _parse_arch)
+
+
+def parse_hashes(out: FactOutput, paths: Sequence[str]) -> dict[str, str | None]:
+    found: dict[str, str | None] = dict.fromkeys(paths)
+    for line in out.stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        if name in found and re.fullmatch(r"[0-9a-f]{64}", digest):
+            found[name] = digest
+    return found
+
+
+def file_hashes(paths: Sequence[str]) -> Fact[dict[str, str | None]]:
+    """sha256 of each path, None where missing."""
+    paths = tuple(paths)
+    return Fact("file_hashes", f"sha256sum -- {_quoted(paths)} 2>/dev/null; true" if paths else "true",
+                lambda out: parse_hashes(out, paths), paths)
+
+
+@dataclass(frozen=True)
+class FileStat:
+    mode: int
+    owner: str
+    group: str
+    mtime: int
+
+
+def parse_stats(out: FactOutput, paths: Sequence[str]) -> dict[str, FileStat | None]:
+    found: dict[str, FileStat | None] = dict.fromkeys(paths)
+    for line in out.stdout.splitlines():
+        parts = line.split(" ", 4)
+        if len(parts) == 5 and parts[4] in found:
+            found[parts[4]] = FileStat(int(parts[0], 8), parts[1], parts[2], int(parts[3]))
+    return found
+
+
+def file_stats(paths: Sequence[str]) -> Fact[dict[str, FileStat | None]]:
+    """Mode, owner, group and mtime (epoch seconds, node clock) of each path, None where missing."""
+    paths = tuple(paths)
+    return Fact("file_stats", f"stat -c '%a %U %G %Y %n' -- {_quoted(paths)} 2>/dev/null; true" if paths else "true",
+                lambda out: parse_stats(out, paths), paths)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    active: str  # ActiveState: active, inactive, failed, activating, ...
+    since: int | None  # ActiveEnterTimestamp, epoch seconds on the node's clock
+    enabled: str  # UnitFileState: enabled, disabled, masked, "" (no unit file)
+    main_pid: int = 0
+
+
+def parse_unit_states(out: FactOutput, units: Sequence[str]) -> dict[str, UnitState]:
+    states = {u: UnitState("unknown", None, "") for u in units}
+    for block in out.stdout.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        name = props.get("Id", "").removesuffix(".service")
+        stamp = props.get("ActiveEnterTimestamp", "").lstrip("@")
+        pid = props.get("MainPID", "0")
+        if name in states:
+            states[name] = UnitState(props.get("ActiveState", "unknown"), int(stamp) if stamp.isdigit() else None,
+                                     props.get("UnitFileState", ""), int(pid) if pid.isdigit() else 0)
+    return states
+
+
+def unit_states(units: Sequence[str]) -> Fact[dict[str, UnitState]]:
+    units = tuple(units)
+    cmd = ("systemctl show --timestamp=unix -p Id,ActiveState,ActiveEnterTimestamp,UnitFileState,MainPID -- "
+           + _quoted([f"{u}.service" for u in units])) if units else "true"
+    return Fact("unit_states", cmd, lambda out: parse_unit_states(out, units), units)
+
+
+def parse_listeners(out: FactOutput) -> dict[int, tuple[int, str]]:
+    """port -> (pid, command) of the process listening on it (TCP), from ``ss -Htlnp``."""
+    found: dict[int, tuple[int, str]] = {}
+    for line in out.stdout.splitlines():
+        cols = line.split()
+        if len(cols) < 4:
+            continue
+        port = cols[3].rsplit(":", 1)[-1]
+        if port.isdigit():
+            m = re.search(r'\("([^"]+)",pid=(\d+)', line)
+            found.setdefault(int(port), (int(m.group(2)), m.group(1)) if m else (0, "unknown process"))
+    return found
+
+
+LISTENERS: Fact[dict[int, tuple[int, str]]] = Fact("listeners", "ss -Htlnp 2>/dev/null || true", parse_listeners)
+
+
+def _parse_text(out: FactOutput) -> str:
+    return out.stdout
+
+
+def journal_since_start(unit: str, lines: int = 300) -> Fact[str]:
+    """The unit's journal since it last started (so a repaired service is judged afresh)."""
+    q = shlex.quote(unit)
+    return Fact("journal", f"s=$(systemctl show --timestamp=unix -p InactiveExitTimestamp --value {q}); "
+                           f"case \"$s\" in @*) w=\"--since $s\";; *) w='-n {lines}';; esac; "
+                           f"journalctl -u {q} $w --no-pager -o cat | tail -n 2000", _parse_text, (unit,))
+
+
+def unit_lint(paths: Sequence[str]) -> Fact[str]:
+    """What the node's own systemd-analyze says about unit files (stderr only; empty = clean)."""
+    paths = tuple(paths)
+    return Fact("unit_lint", f"systemd-analyze verify {_quoted(paths)} 2>&1 >/dev/null", _parse_text, paths)

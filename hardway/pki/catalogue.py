@@ -1,0 +1,121 @@
+"""What every certificate of the cluster must be: FIELD-NOTES' table as data.
+
+``catalogue(inv)`` lists them, CA first, named as in hardway/state.py; ``spec_for`` finds one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from hardway.errors import HardwayError
+from hardway.inventory import Inventory
+from hardway.state import etcd_cert_name, kubelet_cert_name
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+CA_NAME = "ca"
+SERVICE_ACCOUNTS = "service-accounts"
+
+
+@dataclass(frozen=True)
+class CertSpec:
+    """One certificate of the cluster: its file name (see hardway/state.py) and its content."""
+
+    name: str
+    common_name: str
+    organization: str | None
+    purpose: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[IPAddress, ...] = ()
+    client: bool = False
+    server: bool = False
+    is_ca: bool = False
+
+    @property
+    def sans(self) -> tuple[tuple[str, str], ...]:
+        """SANs as (kind, value) pairs, e.g. ("IP", "10.32.0.1")."""
+        return tuple(("DNS", d) for d in self.dns_names) + tuple(("IP", str(i)) for i in self.ip_addresses)
+
+    @property
+    def eku(self) -> str:
+        return eku_label(self.client, self.server)
+
+
+def eku_label(client: bool, server: bool) -> str:
+    return "+".join(p for p, on in (("client", client), ("server", server)) if on) or "none"
+
+
+def _split_sans(entries: Iterable[str | IPAddress]) -> tuple[tuple[str, ...], tuple[IPAddress, ...]]:
+    """Split names and addresses, dropping duplicates but keeping the first order."""
+    dns: list[str] = []
+    ips: list[IPAddress] = []
+    for entry in entries:
+        try:
+            ip = ipaddress.ip_address(str(entry))
+        except ValueError:
+            if str(entry) not in dns:
+                dns.append(str(entry))
+            continue
+        if ip not in ips:
+            ips.append(ip)
+    return tuple(dns), tuple(ips)
+
+
+def _leaf(name: str, cn: str, o: str | None, purpose: str, sans: Iterable[str | IPAddress] = (),
+          client: bool = False, server: bool = False) -> CertSpec:
+    dns, ips = _split_sans(sans)
+    return CertSpec(name=name, common_name=cn, organization=o, purpose=purpose, dns_names=dns,
+                    ip_addresses=ips, client=client, server=server)
+
+
+def catalogue(inv: Inventory) -> list[CertSpec]:
+    """Every certificate the cluster needs, CA first, named as in hardway/state.py."""
+    loopback = ipaddress.ip_address("127.0.0.1")
+    extra = inv.extra_sans
+    specs = [CertSpec(name=CA_NAME, common_name=inv.cluster_name, organization=None, is_ca=True,
+                      purpose="signs every other certificate; every component trusts it")]
+    specs.append(_leaf("admin", "admin", "system:masters", client=True,
+                       purpose="kubectl as cluster admin (group system:masters)"))
+    for w in inv.workers:
+        specs.append(_leaf(
+            kubelet_cert_name(w), f"system:node:{w.name}", "system:nodes",
+            sans=[w.name, w.address, loopback, *extra.get("kubelet", ())], client=True, server=True,
+            purpose=f"kubelet on {w.name}: its identity to the apiserver (Node authorizer) and its "
+                    "serving cert for the apiserver's logs/exec calls",
+        ))
+    specs.append(_leaf("kube-proxy", "system:kube-proxy", "system:node-proxier", client=True,
+                       purpose="kube-proxy on every worker, talking to the apiserver"))
+    for component in ("kube-controller-manager", "kube-scheduler"):
+        specs.append(_leaf(component, f"system:{component}", f"system:{component}", client=True,
+                           purpose=f"{component} on the controllers, talking to the apiserver"))
+    api = inv.api_endpoint
+    domain_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster", f"kubernetes.default.svc.{inv.cluster_domain}"]
+    specs.append(_leaf(
+        "kube-apiserver", "kubernetes", None, client=True, server=True,
+        sans=[inv.service_ip, loopback, *(c.address for c in inv.controllers), api.address,
+              *([api.hostname] if api.hostname else []), *domain_names,
+              *extra.get("kube-apiserver", ())],
+        purpose="the apiserver's serving cert (every address clients dial) and its etcd client cert",
+    ))
+    specs.append(_leaf("apiserver-kubelet-client", "kubernetes", None, client=True,
+                       purpose="the apiserver calling kubelets (logs, exec); RBAC user `kubernetes`"))
+    for c in inv.controllers:
+        specs.append(_leaf(
+            etcd_cert_name(c), c.name, None, client=True, server=True,
+            sans=[c.address, loopback, c.name, "localhost", *extra.get("etcd", ())],
+            purpose=f"etcd member {c.name}: serving clients and peers, and dialing its peers",
+        ))
+    specs.append(_leaf(SERVICE_ACCOUNTS, "service-accounts", None, client=True,
+                       purpose="its key pair signs (apiserver) and verifies service-account tokens; "
+                               "service-accounts.pub is the public half"))
+    return specs
+
+
+def spec_for(inv: Inventory, name: str) -> CertSpec:
+    for spec in catalogue(inv):
+        if spec.name == name:
+            return spec
+    raise HardwayError(f"no certificate named {name!r}; known: {', '.join(s.name for s in catalogue(inv))}")

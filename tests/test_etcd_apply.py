@@ -1,0 +1,231 @@
+"""The etcd chapter's apply path (preflight, push, start, wait, rolling restart) over the fact-level fake.
+
+Each test would fail if the logic it names were broken; `test_the_rerun_test_catches_...` shows it
+for one on purpose. The same paths run against real etcd in tests/test_bootstrap_etcd.py (lab).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hardway import inventory, jumpbox, services
+from hardway.chapters import Context
+from hardway.chapters.etcd import CHAPTER as ETCD
+from hardway.chapters.etcd import ids
+from hardway.chapters.etcd.files import CERT, UNIT_PATH
+from hardway.errors import HardwayError
+from hardway.facts import FactOutput
+from hardway.remote import QUIET
+from hardway.state import PkiState
+from tests.fakes import FakeCluster, FakeFile, FakeNode
+
+ROOT = Path(__file__).resolve().parent.parent
+WAL_HEAD = (Path(__file__).parent / "data" / "etcd-3.4-wal-head.bin").read_bytes()  # another cluster's
+
+
+@pytest.fixture(scope="module")
+def lab_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[inventory.Inventory, PkiState]:
+    """The sample inventory with Debian's etcd binaries (preflight asks them for their flags)."""
+    text = (ROOT / "inventory" / "sample.yaml").read_text()
+    text = text.replace("etcd: {path: ./bin/etcd}", "etcd: {path: /usr/bin/etcd}")
+    text = text.replace("etcdctl: {path: ./bin/etcdctl}", "etcdctl: {path: /usr/bin/etcdctl}")
+    inv = inventory.parse(text, "sample.yaml")
+    state = PkiState(tmp_path_factory.mktemp("pki") / "hardway")
+    jumpbox.generate(inv, state)
+    return inv, state
+
+
+def etcd_node(node: FakeNode, inv: inventory.Inventory, unhealthy_polls: int = 0) -> None:
+    """Answers like a real member: healthy once its service has run for ``unhealthy_polls`` polls."""
+    polls = {"n": 0}
+
+    def health(fact, n: FakeNode) -> FactOutput:
+        svc = n.services.get("etcd")
+        if svc is None or not svc.active:
+            return FactOutput("context deadline exceeded", 1)
+        n.dirs.add(inv.etcd.data_dir)  # a running member has made its data dir
+        polls["n"] += 1
+        return FactOutput("is healthy", 0) if polls["n"] > unhealthy_polls else FactOutput("unhealthy", 1)
+
+    leader = ids.expected_member_id(inv, inv.controllers[0])
+    members = {"members": [{"ID": ids.expected_member_id(inv, c), "name": c.name,
+                            "peerURLs": [inv.etcd_peer_url(c)]} for c in inv.controllers]}
+    node.facts.update({
+        "data_dir_entries": lambda f, n: "member\n" if any(p.startswith("/var/lib/etcd/member") for p in n.files)
+        else "",
+        "wal_head": "", "fsync_p99": "1.250",
+        "etcd_health": health,
+        "etcd_status": json.dumps([{"Status": {"leader": leader}}]),
+        "etcd_members": json.dumps(members),
+        "unit_text": lambda f, n: n.files[UNIT_PATH].data.decode() if UNIT_PATH in n.files else "",
+        "unit_lint": "", "journal": "",
+    })
+
+
+def cluster_for(inv: inventory.Inventory, unhealthy_polls: int = 0) -> FakeCluster:
+    cluster = FakeCluster()
+    for c in inv.controllers:
+        etcd_node(cluster[c.name], inv, unhealthy_polls)
+    return cluster
+
+
+def apply(inv, state, cluster: FakeCluster, **kw):
+    ctx = Context(inv, state, connector=cluster.connector, progress=QUIET, **kw)
+    return ETCD.apply(ctx)
+
+
+def no_client_auth_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify's client-auth probe dials the member from the jumpbox: not part of these tests."""
+    from hardway.chapters.etcd import verify
+
+    monkeypatch.setattr(verify, "client_auth_results", lambda inv, state, node: [])
+
+
+@pytest.fixture(autouse=True)
+def _no_dial(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_client_auth_probe(monkeypatch)
+
+
+def assert_nothing_changed(report, cluster: FakeCluster) -> None:
+    assert report.written == {n: [] for n in report.written}, report.written
+    assert report.started == {} and report.restarted == {}, (report.started, report.restarted)
+    for name, node in cluster.nodes.items():
+        assert node.uploads == [] and node.starts == [] and node.restarts == [], name
+        assert node.commands == [], (name, node.commands)
+
+
+def test_fresh_cluster_starts_every_member_in_the_push_and_then_waits(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv, unhealthy_polls=2)
+    report = apply(inv, state, cluster)
+    assert sorted(report.started) == [c.name for c in inv.controllers]
+    assert report.restarted == {}
+    assert not [r for r in report.results if r.status == "fail"], report.results
+    for c in inv.controllers:
+        node = cluster[c.name]
+        push = next(cmd for cmd in node.commands if cmd.startswith("set -e;"))
+        # Type=notify: started without blocking, in the same exec that installed the files
+        assert push.endswith("systemctl start --no-block etcd"), push
+        assert "systemctl daemon-reload" in push and "systemctl enable --quiet etcd" in push
+        assert node.events.index("start etcd") < node.events.index("gather etcd_health")
+        assert node.asked.count("etcd_health") >= 3, "polled until healthy"
+    # every member was started before any member was waited for: none blocks the others
+    starts = [i for i, e in enumerate(cluster.log) if e.endswith(": start etcd")]
+    first_wait = min(i for i, e in enumerate(cluster.log) if e.endswith(": gather etcd_health"))
+    assert len(starts) == 3 and max(starts) < first_wait
+
+
+def test_rerun_writes_nothing_and_restarts_nothing(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    for node in cluster.nodes.values():
+        node.commands.clear(), node.uploads.clear(), node.starts.clear(), node.restarts.clear()
+    assert_nothing_changed(apply(inv, state, cluster), cluster)
+
+
+def test_the_rerun_test_catches_a_chapter_that_restarts_every_member(lab_like, monkeypatch) -> None:
+    """The logic broken on purpose: restart whatever runs. The re-run assertion must notice."""
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    for node in cluster.nodes.values():
+        node.commands.clear(), node.uploads.clear(), node.starts.clear(), node.restarts.clear()
+    real = services.plan_start
+
+    def restart_everything(units, written, files, stats, states):
+        plan = real(units, written, files, stats, states)
+        running = tuple(u for u in units if states[u].active == "active")
+        return services.StartPlan(plan.reload, plan.enable, plan.start, running)
+
+    monkeypatch.setattr(services, "plan_start", restart_everything)
+    with pytest.raises(AssertionError):
+        assert_nothing_changed(apply(inv, state, cluster), cluster)
+
+
+def test_changed_members_restart_one_at_a_time_each_healthy_before_the_next(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    cluster.log.clear()
+    for c in inv.controllers[:2]:  # two members' certs changed on disk by hand
+        cluster[c.name].files[CERT].data = b"stale\n"
+    report = apply(inv, state, cluster)
+    assert report.written == {"controller-0": [CERT], "controller-1": [CERT], "controller-2": []}
+    assert report.started == {}
+    assert report.restarted == {"controller-0": ["etcd"], "controller-1": ["etcd"]}
+    log = [e for e in cluster.log if "restart etcd" in e or "gather etcd_health" in e]
+    r0 = log.index("controller-0: restart etcd")
+    r1 = log.index("controller-1: restart etcd")
+    assert r0 < r1 and "controller-0: gather etcd_health" in log[r0:r1], "waits for the first before the next"
+    assert cluster["controller-2"].restarts == []
+
+
+def test_a_member_that_never_becomes_healthy_stops_with_the_cause_named(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv, unhealthy_polls=10**6)
+    with pytest.raises(HardwayError, match=r"etcd not healthy after .*invoke verify --chapter etcd"):
+        apply(inv, state, cluster, timeout=0.5)
+
+
+def test_a_failed_unit_ends_the_wait_at_once(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv, unhealthy_polls=10**6)
+    cluster["controller-1"].facts["unit_states"] = lambda f, n: (
+        "Id=etcd.service\nActiveState=failed\nActiveEnterTimestamp=\nUnitFileState=enabled\nMainPID=0\n"
+        if n.starts else "Id=etcd.service\nActiveState=inactive\nUnitFileState=disabled\nMainPID=0\n")
+    with pytest.raises(HardwayError, match=r"^controller-1: etcd failed to start \(the unit failed\); see "
+                                           r"`journalctl -u etcd` there.*\(and 2 more node\(s\)\)$"):
+        apply(inv, state, cluster, timeout=3)
+
+
+def test_an_interrupted_run_converges_by_restarting_the_member_that_missed_its_files(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    node = cluster["controller-2"]
+    node.services["etcd"].started = 0  # started before its files last changed: an earlier push's restart was lost
+    report = apply(inv, state, cluster)
+    assert report.written == {c.name: [] for c in inv.controllers}
+    assert report.restarted == {"controller-2": ["etcd"]}
+
+
+def test_a_stale_data_dir_stops_preflight_before_anything_is_pushed(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    node = cluster["controller-0"]
+    node.files["/var/lib/etcd/member/wal/0.wal"] = FakeFile(WAL_HEAD)
+    import base64
+
+    node.facts["wal_head"] = base64.b64encode(WAL_HEAD).decode()
+    with pytest.raises(HardwayError, match=r"^preflight failed, nothing was changed: controller-0: /var/lib/etcd/"
+                                           r"member belongs to member d622127685879b3c"):
+        apply(inv, state, cluster)
+    for c in inv.controllers:
+        assert cluster[c.name].commands == [] and cluster[c.name].uploads == [], c.name
+
+
+def test_an_unreachable_member_stops_preflight_and_nothing_changes(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    cluster["controller-2"].unreachable = True
+    with pytest.raises(HardwayError, match=r"^preflight failed, nothing was changed: controller-2 \(.*unreachable"):
+        apply(inv, state, cluster)
+    assert all(cluster[c.name].commands == [] for c in inv.controllers[:2])
+
+
+def test_a_packaged_etcd_unit_in_the_way_is_named_not_replaced(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    packaged = FakeFile(b"[Service]\nExecStart=/usr/bin/etcd\n")
+    cluster["controller-1"].files[UNIT_PATH] = packaged
+    with pytest.raises(HardwayError, match=r"controller-1: /etc/systemd/system/etcd.service exists and was not "
+                                           r"deployed by hardway.*invoke bootstrap-etcd --adopt"):
+        apply(inv, state, cluster)
+    assert cluster["controller-1"].files[UNIT_PATH] is packaged
+    report = apply(inv, state, cluster, adopt=True)
+    assert UNIT_PATH in report.written["controller-1"]
+    assert any(p.startswith(f"{UNIT_PATH}.hardway-orig-") for p in cluster["controller-1"].files)
