@@ -16,6 +16,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -63,11 +64,16 @@ class Proc:
         self.lines: list[str] = []
 
     def until_ready(self, deadline: float = 20) -> Proc:
-        end = time.monotonic() + deadline
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.strip() == "(stand-in) ready" or time.monotonic() > end:
-                return self
+        watchdog = threading.Timer(deadline, self.p.kill)  # a silent hang must not hang the test run
+        watchdog.start()
+        try:
+            for line in self.p.stdout:
+                self.lines.append(line.rstrip("\n"))
+                assert line.startswith("(stand-in) "), f"a line without the stand-in mark: {line!r}"
+                if line.strip() == "(stand-in) ready":
+                    return self
+        finally:
+            watchdog.cancel()
         raise AssertionError(f"exited {self.p.wait()} before ready:\n" + "\n".join(self.lines))
 
     def stop(self) -> str:

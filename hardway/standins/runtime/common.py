@@ -46,6 +46,16 @@ def log(message: str) -> None:
     print(f"{MARK} {message}", flush=True)
 
 
+def in_background(target: Callable[..., object], *args: object) -> None:
+    """Run ``target`` in a daemon thread; whatever it raises becomes one log line, not a traceback."""
+    def guarded() -> None:
+        try:
+            target(*args)
+        except Exception as exc:  # a background check must not print a traceback into the journal
+            log(f"error: {exc.__class__.__name__}: {exc}")
+    threading.Thread(target=guarded, daemon=True).start()
+
+
 def check(message: str) -> None:
     """A contract check that passed: the startup log lists each one."""
     log(f"check ok: {message}")
@@ -346,6 +356,9 @@ def _handler(routes: dict[str, Route], component: str) -> type[BaseHTTPRequestHa
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     tls: ssl.SSLContext | None = None
+
+    def handle_error(self, request, client_address) -> None:  # one line, never a traceback
+        log(f"error serving {client_address[0]}: {sys.exc_info()[1]!r}")
 
     def finish_request(self, request, client_address) -> None:  # in the request's own thread
         if self.tls is None:

@@ -11,6 +11,7 @@ import base64
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -36,6 +37,7 @@ from hardway.standins.runtime.common import (  # inlined
     client_context,  # inlined
     describe,  # inlined
     dial,  # inlined
+    in_background,  # inlined
     kubeconfig,  # inlined
     log,  # inlined
     private_key,  # inlined
@@ -263,11 +265,16 @@ def serve_tls(run: Run, routes, client_ca: str | None, *, port: int, host: str |
     """Serve ``routes`` over TLS. The apiserver and the kubelet demand client certificates from
     ``client_ca``; the controller-manager and scheduler serve health paths to anyone, as the real ones do."""
     cert, key = cert or run.get("tls-cert-file"), key or run.get("tls-private-key-file")
-    if not cert:
-        cert, key = self_signed(cert_dir or tempfile.mkdtemp(prefix=f"{run.component}-"), run.component)
-        log(f"no serving certificate given: serving with a self-signed one ({cert}), as {run.component} does")
+    scratch = None
+    if not cert:  # like the real component: self-signed, kept in --cert-dir if given, else in memory only
+        scratch = None if cert_dir else tempfile.mkdtemp(prefix=f"{run.component}-")
+        cert, key = self_signed(cert_dir or scratch, run.component)
+        log(f"no serving certificate given: serving with a self-signed one ({cert_dir or 'in memory'}), "
+            f"as {run.component} does")
     host = host or run.get("bind-address") or "0.0.0.0"
     ctx = server_context(cert, key, client_ca)
+    if scratch:
+        shutil.rmtree(scratch)
     if client_ca and run.component not in ("kube-apiserver", "kubelet"):
         ctx.verify_mode = ssl.CERT_OPTIONAL
     serve(host, port, routes, run.component, ctx)
@@ -393,7 +400,7 @@ def kubelet(run: Run) -> list[str]:
             warn(f"kubeconfig client certificate CN {cns}, not system:node:{name}: the Node authorizer will refuse it")
         else:
             check(f"kubeconfig client certificate CN is system:node:{name}")
-        threading.Thread(target=dial_apiserver, args=(run, False), daemon=True).start()
+        in_background(dial_apiserver, run, False)
     routes = {"/healthz": lambda: text(True)}
     host, port = run.get("address") or conf.get("address", "0.0.0.0"), int(run.get("port") or conf.get("port", 10250))
     served = [serve_tls(run, routes, client_ca, host=host, port=port, cert=cert, key=key,
@@ -417,7 +424,7 @@ def proxy(run: Run) -> list[str]:
     check_files(run)
     if run.api is None:
         raise Fatal("no kubeconfig: give --config with clientConnection.kubeconfig (or --kubeconfig)")
-    threading.Thread(target=dial_apiserver, args=(run, False), daemon=True).start()
+    in_background(dial_apiserver, run, False)
     address = run.get("healthz-bind-address") or conf.get("healthzBindAddress") or "0.0.0.0:10256"
     host, _, port = address.rpartition(":")
 
@@ -444,6 +451,7 @@ def main(spec_data: dict, component: str, version: str, argv: list[str] | None =
         print(f"{MARK} {component} v{version}: a stand-in that checks the contract of the real binary; it is not "
               f"Kubernetes.\n\nUsage:\n  {component} [flags]\n\nFlags ({component} v{spec.version}):\n{spec.usage()}")
         return 0
+    log(f"{component} v{version}: a stand-in that checks the contract hardway relies on; it is not Kubernetes")
     values, issues = spec.parse_argv(args)
     for issue in issues:
         if not issue.fatal:
@@ -453,7 +461,6 @@ def main(spec_data: dict, component: str, version: str, argv: list[str] | None =
         log(f"error: {issue.message}")
     if fatal:
         return 1
-    log(f"{component} v{version}: a stand-in that checks the contract hardway relies on; it is not Kubernetes")
     check(f"{len(values)} flags known to {component} v{spec.version}, every value well formed")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
