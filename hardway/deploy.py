@@ -9,25 +9,29 @@ rotation and reset act on the record. A file that already holds exactly the plan
 recorded without being touched (clusters deployed before the record existed).
 
 Pushing is two steps. ``plan_push`` is pure: from the node's facts (hashes, stats, the record) it
-decides what to write, what to chmod and what is foreign. ``push`` carries it out: uploads into a
-hardway-owned 0700 staging dir (secrets last, every upload 0600 from its first byte), then ONE
-command installs each file next to its target and renames it over (a reader never sees half a
-file), updates the record the same way, removes the staging dir and runs the caller's follow-up
-commands (daemon-reload, enable, start). Staging dirs left by killed runs are swept by name.
+decides what to write, what to chmod and what is foreign. ``push`` carries it out in ONE command
+per node: the files travel as a tar stream on its stdin (secrets last) into a hardway-owned 0700
+staging dir (umask 077: nothing in it is ever readable by others), each is installed next to its
+target and renamed over it (a reader never sees half a file), the record is updated the same
+way, the staging dir is removed (a trap removes it when anything fails, a cut stream included),
+and the caller's follow-up commands run (daemon-reload, enable, start). Staging dirs that
+survive a killed run are swept by the next run, by name.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import secrets
 import shlex
 import socket
+import tarfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from hardway.errors import HardwayError
 from hardway.facts import Fact, FactOutput, FileStat, file_hashes, file_stats, gather
@@ -198,69 +202,78 @@ class PushReport:
     seconds: float = 0.0
 
 
-def push(remote: Remote, plan: PushPlan, *, login_user: str = "root", then: Sequence[str] = (),
-         sweep: Sequence[str] = ()) -> PushReport:
-    """Carry out ``plan`` on ``remote``; ``then`` runs in the same command after the files are in
-    place (e.g. daemon-reload). ``sweep``: staging dirs of killed runs to remove on the way."""
-    assert not plan.foreign, "push of a plan with foreign files"
-    report = PushReport()
-    t0 = time.monotonic()
-    script: list[str] = []
-    staging = None
-    if sweep:
-        script.append(sweep_command(sweep))
+def _tar(plan: PushPlan, record: bytes, report: PushReport) -> Callable[[BinaryIO], None]:
+    """The staged files as a tar stream: member i is plan.write[i], then the record. Public files
+    first, secrets last, so a run killed mid-stream most likely carried no key at all."""
+
+    def write(out: BinaryIO) -> None:
+        order = sorted(range(len(plan.write)), key=lambda i: plan.write[i].secret)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for name, f in [(str(i), plan.write[i]) for i in order] + [("record", None)]:
+                info = tarfile.TarInfo(name)
+                info.mode, info.mtime = 0o600, int(time.time())
+                if f is None:
+                    info.size = len(record)
+                    tar.addfile(info, io.BytesIO(record))
+                elif f.source is not None:
+                    info.size = f.source.stat().st_size
+                    with f.source.open("rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    info.size = len(f.data())
+                    tar.addfile(info, io.BytesIO(f.data()))
+                report.bytes_sent += info.size
+
+    return write
+
+
+def push_script(plan: PushPlan, staging: str, *, then: Sequence[str] = (), sweep: Sequence[str] = (),
+                stamp: int | None = None) -> str:
+    """The one command that carries out ``plan``: unpack the staged files (stdin), put each next to
+    its target and rename it over (atomic), update the record, remove the staging dir (also when
+    anything fails), then ``then``."""
+    script = [sweep_command(sweep)] if sweep else []
     if plan.write or plan.record_changed:
-        staging = f"{STAGING}/{run_name()}"
-        owner = shlex.quote(login_user)
-        remote.run(f"install -d -m 0711 {HARDWAY_DIR} {STAGING} && install -d -m 0700 -o {owner} {staging}")
-        try:
-            # Bulky, public files first; secrets last, so a killed run most likely left none behind.
-            order = sorted(range(len(plan.write)), key=lambda i: plan.write[i].secret)
-            for i in order:
-                data = plan.write[i].data()
-                remote.upload(data, f"{staging}/{i}")
-                report.bytes_sent += len(data)
-            record = record_bytes(plan.record)
-            remote.upload(record, f"{staging}/record")
-            report.bytes_sent += len(record)
-            dirs = sorted({f.path.rsplit("/", 1)[0] or "/" for f in plan.write})
-            if dirs:
-                script.append("install -d -m 0755 -- " + " ".join(shlex.quote(d) for d in dirs))
-            stamp = int(time.time())
-            for f in plan.adopt:
-                q = shlex.quote(f.path)
-                script.append(f"cp -a {q} {shlex.quote(f'{f.path}.hardway-orig-{stamp}')}")
-            for i, f in enumerate(plan.write):
-                staged = shlex.quote(f"{f.path}.hardway-new")
-                script.append(f"install -m {f.mode:04o} -o {shlex.quote(f.owner)} -g {shlex.quote(f.group)} "
-                              f"{staging}/{i} {staged}")
-                script.append(f"mv -f {staged} {shlex.quote(f.path)}")
-            script.append(f"install -m 0600 -o root -g root {staging}/record {RECORD}.hardway-new")
-            script.append(f"mv -f {RECORD}.hardway-new {RECORD}")
-            script.append(f"rm -rf -- {staging}")
-        except BaseException:
-            remote.run(f"rm -rf -- {staging}", check=False)
-            raise
+        q = shlex.quote(staging)
+        script += [f"install -d -m 0700 {HARDWAY_DIR} {STAGING}", "umask 077", f"mkdir {q}",
+                   f"trap 'rm -rf -- {q}' EXIT", f"tar -x --no-same-owner -C {q}", "umask 022"]
+        dirs = sorted({f.path.rsplit("/", 1)[0] or "/" for f in plan.write})
+        if dirs:
+            script.append("install -d -m 0755 -- " + " ".join(shlex.quote(d) for d in dirs))
+        stamp = int(time.time()) if stamp is None else stamp
+        for f in plan.adopt:
+            script.append(f"cp -a {shlex.quote(f.path)} {shlex.quote(f'{f.path}.hardway-orig-{stamp}')}")
+        for i, f in enumerate(plan.write):
+            staged = shlex.quote(f"{f.path}.hardway-new")
+            script.append(f"install -m {f.mode:04o} -o {shlex.quote(f.owner)} -g {shlex.quote(f.group)} "
+                          f"{q}/{i} {staged}")
+            script.append(f"mv -f {staged} {shlex.quote(f.path)}")
+        script.append(f"install -m 0600 -o root -g root {q}/record {RECORD}.hardway-new")
+        script.append(f"mv -f {RECORD}.hardway-new {RECORD}")
     for f in plan.fix:
-        q = shlex.quote(f.path)
-        script.append(f"chown {shlex.quote(f.owner)}:{shlex.quote(f.group)} {q}")
-        script.append(f"chmod {f.mode:04o} {q}")
+        script.append(f"chown {shlex.quote(f.owner)}:{shlex.quote(f.group)} {shlex.quote(f.path)}")
+        script.append(f"chmod {f.mode:04o} {shlex.quote(f.path)}")
     script.extend(then)
-    if script:
-        try:
-            remote.run("set -e; " + "; ".join(script))
-        except BaseException:
-            if staging is not None:
-                remote.run(f"rm -rf -- {staging}", check=False)
-            raise
-    report.written = [f.path for f in plan.write]
-    report.fixed = [f.path for f in plan.fix]
+    return "set -e; " + "; ".join(script) if script else ""
+
+
+def push(remote: Remote, plan: PushPlan, *, then: Sequence[str] = (), sweep: Sequence[str] = ()) -> PushReport:
+    """Carry out ``plan`` on ``remote`` in ONE command (the files travel as its stdin); ``then`` runs
+    after the files are in place (daemon-reload, enable, start). ``sweep``: staging dirs of killed
+    runs to remove on the way."""
+    assert not plan.foreign, "push of a plan with foreign files"
+    report = PushReport(written=[f.path for f in plan.write], fixed=[f.path for f in plan.fix])
+    t0 = time.monotonic()
+    script = push_script(plan, f"{STAGING}/{run_name()}", then=then, sweep=sweep)
+    if plan.write or plan.record_changed:
+        remote.feed(script, _tar(plan, record_bytes(plan.record), report))
+    elif script:
+        remote.run(script)
     report.seconds = time.monotonic() - t0
     return report
 
 
-def install(remote: Remote, files: Sequence[File], *, adopt: bool = False, login_user: str = "root",
-            then: Sequence[str] = ()) -> PushReport:
+def install(remote: Remote, files: Sequence[File], *, adopt: bool = False, then: Sequence[str] = ()) -> PushReport:
     """Make ``remote`` hold ``files``: ask its disk (one round trip), decide, push. A file hardway did
     not deploy is refused (HardwayError naming node and path) unless ``adopt``."""
     hashes_f, stats_f, record_f, staging_f = disk_facts(files)
@@ -268,4 +281,4 @@ def install(remote: Remote, files: Sequence[File], *, adopt: bool = False, login
     plan = plan_push(files, facts[hashes_f], facts[stats_f], facts[record_f], adopt=adopt)
     if plan.foreign:
         raise foreign_error(remote.node.name, plan.foreign, "the same command")
-    return push(remote, plan, login_user=login_user, then=then, sweep=sweepable(facts[staging_f]))
+    return push(remote, plan, then=then, sweep=sweepable(facts[staging_f]))

@@ -187,7 +187,7 @@ def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, 
         np = by_name[r.node.name]
         units_changed = any(f.path.startswith(f"{services.UNIT_DIR}/") for f in np.files)
         reload = ["systemctl daemon-reload"] if units_changed else []
-        report = deploy.push(r, np.push, login_user=inv.ssh.user, then=reload)
+        report = deploy.push(r, np.push, then=reload)
         if report.written:
             progress(r.node, f"pushed {len(report.written)} file(s)")
         return report.written

@@ -6,16 +6,20 @@ list of outputs given one per call, the last repeated), else from built-in answe
 disk and services (file hashes and stats, the deployment record, staging dirs, unit states). The
 real parsers then read those outputs, so the logic under test sees exactly what it would see on a
 node. ``run`` emulates the handful of commands pushes and starts issue (install, mv, rm, cp,
-chmod, chown, systemctl) and records every command. It never replaces the lab test of a feature.
+chmod, chown, systemctl, and the tar stream of ``feed``) and records every command. It never
+replaces the lab test of a feature.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import shlex
+import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from hardway.deploy import RECORD, STAGING
 from hardway.facts import Fact, FactOutput
@@ -124,6 +128,8 @@ class FakeRemote:
     def __init__(self, node: Node, state: FakeNode) -> None:
         self.node = node
         self.state = state
+        self._stdin = b""
+        self._traps: list[str] = []
 
     def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> CommandResult:
         self.state.commands.append(command)
@@ -139,12 +145,16 @@ class FakeRemote:
             self.state.event(f"gather {f.name}")
         return {f.key: self.state.answer(f) for f in facts}
 
-    def upload(self, data: bytes, remote_path: str) -> None:
-        parent = remote_path.rsplit("/", 1)[0]
-        if parent not in self.state.dirs:
-            raise RemoteError(f"{self.node.name}: upload to {remote_path}: no such directory")
-        self.state.uploads.append(remote_path)
-        self.state.files[remote_path] = FakeFile(data, 0o600)
+    def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
+        buf = io.BytesIO()
+        write(buf)
+        self._stdin = buf.getvalue()
+        self._traps: list[str] = []
+        try:
+            return self.run(command)
+        finally:
+            for cleanup in self._traps:
+                self._builtin(cleanup)
 
     def close(self) -> None:
         pass
@@ -168,6 +178,22 @@ class FakeRemote:
         fs, node = self.state.files, self.state
         part = part.removesuffix(" 2>/dev/null || true")
         words = shlex.split(part)
+        if words[0] == "umask":
+            return ""
+        if words[0] == "mkdir":
+            node.dirs.add(words[-1])
+            return ""
+        if words[0] == "trap":  # `trap 'cmd' EXIT`: run when the command ends
+            self._traps.append(words[1])
+            return ""
+        if words[0] == "tar":  # `tar -x --no-same-owner -C DIR`, the archive on stdin
+            target = words[-1]
+            with tarfile.open(fileobj=io.BytesIO(self._stdin), mode="r|") as tar:
+                for member in tar:
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    fs[f"{target}/{member.name}"] = FakeFile(data, member.mode)
+                    node.uploads.append(f"{target}/{member.name}")
+            return ""
         if words[0] == "systemctl":
             return self._systemctl(words)
         if words[:2] == ["install", "-d"]:

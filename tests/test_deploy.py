@@ -37,8 +37,8 @@ def test_install_writes_changed_files_atomically_with_mode_owner_and_record() ->
     fs = cluster[NODE.name].files
     key = fs["/etc/etcd/etcd.key"]
     assert (key.data, key.mode, key.owner, key.group) == (b"secret\n", 0o600, "root", "root")
-    script = next(c for c in cluster[NODE.name].commands if c.startswith("set -e;"))
-    staging = next(d for d in cluster[NODE.name].uploads if "/etc/etcd" not in d).rsplit("/", 1)[0]
+    (script,) = [c for c in cluster[NODE.name].commands if c.startswith("set -e;")]  # one exec does it all
+    staging = cluster[NODE.name].uploads[0].rsplit("/", 1)[0]
     assert staging.startswith(f"{deploy.STAGING}/run-"), "staging lives under hardway's own dir"
     # staged next to the target by `install -m`, then renamed over it: never half a file
     assert f"install -m 0600 -o root -g root {staging}/1 /etc/etcd/etcd.key.hardway-new" in script
@@ -51,11 +51,16 @@ def test_install_writes_changed_files_atomically_with_mode_owner_and_record() ->
 
 def test_the_staging_dir_is_private_and_the_secret_travels_last() -> None:
     cluster = FakeCluster()
-    deploy.install(cluster.connector(INV, NODE), files(), login_user="admin")
-    mkdir = next(c for c in cluster[NODE.name].commands if "install -d -m 0700" in c)
-    assert "-o admin" in mkdir, "SFTP uploads as the login user: the dir is theirs, 0700"
+    deploy.install(cluster.connector(INV, NODE), files())
+    (script,) = [c for c in cluster[NODE.name].commands if c.startswith("set -e;")]
+    staging = cluster[NODE.name].uploads[0].rsplit("/", 1)[0]
+    steps = script.split("; ")
+    # nothing unpacked there is ever readable by others, and it goes away even when a step fails
+    unpack = steps.index(f"tar -x --no-same-owner -C {staging}")
+    assert steps.index("umask 077") < steps.index(f"mkdir {staging}") < unpack
+    assert f"trap 'rm -rf -- {staging}' EXIT" in steps
     uploads = cluster[NODE.name].uploads
-    assert uploads[-2].endswith("/1"), "the key is the last file uploaded (the record after it)"
+    assert uploads[-2].endswith("/1"), "the key is the last file in the stream (the record after it)"
     assert uploads[-1].endswith("/record")
 
 
@@ -78,7 +83,7 @@ def test_install_rewrites_only_the_changed_file_and_repairs_a_mode() -> None:
     cluster[NODE.name].uploads.clear()
     report = deploy.install(cluster.connector(INV, NODE), files())
     assert report.written == ["/etc/etcd/ca.crt"] and report.fixed == ["/etc/etcd/etcd.key"]
-    assert [u.rsplit("/", 1)[1] for u in cluster[NODE.name].uploads] == ["0", "record"]
+    assert [u.rsplit("/", 1)[1] for u in cluster[NODE.name].uploads] == ["0", "record"], "only what changed"
     assert fs["/etc/etcd/ca.crt"].data == b"ca\n"
     assert fs["/etc/etcd/etcd.key"].mode == 0o600
 

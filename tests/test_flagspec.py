@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from hardway import flagspec, plan
+from hardway.chapters import control_plane, workers
 from hardway.errors import HardwayError
 from hardway.flagspec import COMPONENTS
 
@@ -14,11 +15,11 @@ from hardway.flagspec import COMPONENTS
 EXPECTED_DEPRECATED = {("kubelet", "--register-node")}
 
 ARGV = {
-    "kube-apiserver": plan.kube_apiserver_argv,
-    "kube-controller-manager": plan.kube_controller_manager_argv,
-    "kube-scheduler": plan.kube_scheduler_argv,
-    "kubelet": plan.kubelet_argv,
-    "kube-proxy": plan.kube_proxy_argv,
+    "kube-apiserver": control_plane.kube_apiserver_argv,
+    "kube-controller-manager": control_plane.kube_controller_manager_argv,
+    "kube-scheduler": control_plane.kube_scheduler_argv,
+    "kubelet": workers.kubelet_argv,
+    "kube-proxy": workers.kube_proxy_argv,
 }
 CONFIGS = {  # component -> the config file hardway renders for it
     "kubelet": f"{plan.KUBELET_DIR}/kubelet-config.yaml",
@@ -167,5 +168,5 @@ def test_every_rendered_config_file_is_known(inv, state, specs):
 def test_the_units_carry_the_checked_argv(inv, state):
     node = inv.workers[0]
     unit = {f.path: f for f in plan.node_files(inv, node, state)}[f"{plan.UNIT_DIR}/kubelet.service"]
-    for word in plan.kubelet_argv(inv, node)[1:]:
+    for word in workers.kubelet_argv(inv, node)[1:]:
         assert word.encode() in unit.content

@@ -215,7 +215,7 @@ class Chapter:
             s = by_name[r.node.name]
             start = self.follow_up(ctx, s, [f.path for f in s.push.write])
             start_plans[r.node.name] = start
-            report = deploy.push(r, s.push, login_user=ctx.inv.ssh.user, sweep=s.sweep,
+            report = deploy.push(r, s.push, sweep=s.sweep,
                                  then=services.start_commands(start, no_block=self.no_block_start))
             ctx.progress(r.node, f"pushed {len(report.written)} changed file(s)" if report.written
                          else "files up to date")
