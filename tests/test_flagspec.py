@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from hardway import flagspec, plan
+from hardway import flagspec, paths, plan
 from hardway.chapters import control_plane, workers
 from hardway.errors import HardwayError
 from hardway.flagspec import COMPONENTS
@@ -22,9 +22,9 @@ ARGV = {
     "kube-proxy": workers.kube_proxy_argv,
 }
 CONFIGS = {  # component -> the config file hardway renders for it
-    "kubelet": f"{plan.KUBELET_DIR}/kubelet-config.yaml",
-    "kube-proxy": f"{plan.KUBE_PROXY_DIR}/kube-proxy-config.yaml",
-    "kube-scheduler": f"{plan.K8S_DIR}/config/kube-scheduler.yaml",
+    "kubelet": f"{paths.KUBELET_DIR}/kubelet-config.yaml",
+    "kube-proxy": f"{paths.KUBE_PROXY_DIR}/kube-proxy-config.yaml",
+    "kube-scheduler": f"{paths.K8S_DIR}/config/kube-scheduler.yaml",
 }
 
 
@@ -145,7 +145,7 @@ def test_every_rendered_flag_is_known_and_only_the_expected_one_deprecated(inv, 
                    if (node.is_worker if c in ("kubelet", "kube-proxy") else node.is_controller)]
         for component in on_node:
             argv = ARGV[component](inv, node)
-            assert argv[0] == f"{plan.BIN}/{component}"
+            assert argv[0] == f"{paths.BIN}/{component}"
             issues = specs[component].check_argv(argv[1:])
             fatal = [i.message for i in issues if i.fatal]
             assert not fatal, f"{node.name} {component}: {fatal}"
@@ -167,6 +167,6 @@ def test_every_rendered_config_file_is_known(inv, state, specs):
 
 def test_the_units_carry_the_checked_argv(inv, state):
     node = inv.workers[0]
-    unit = {f.path: f for f in plan.node_files(inv, node, state)}[f"{plan.UNIT_DIR}/kubelet.service"]
+    unit = {f.path: f for f in plan.node_files(inv, node, state)}[f"{paths.UNIT_DIR}/kubelet.service"]
     for word in workers.kubelet_argv(inv, node)[1:]:
         assert word.encode() in unit.content
