@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hardway import flagspec, plan, standins
+from hardway import flagspec, paths, plan, standins
+from hardway.chapters import control_plane, workers
 from hardway.state import etcd_cert_name
 
 PYTHON = "/usr/bin/python3"
@@ -192,7 +193,7 @@ def controller(inv, state, tmp_path_factory, api_port) -> Tree:
 
 
 def api_argv(inv, tree: Tree, etcd_url: str, port: int, *extra: str) -> list[str]:
-    return tree.argv(plan.kube_apiserver_argv(inv, inv.controllers[0]),
+    return tree.argv(control_plane.kube_apiserver_argv(inv, inv.controllers[0]),
                      drop=("--etcd-servers", "--bind-address", "--secure-port"),
                      add=(f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1", f"--secure-port={port}", *extra))
 
@@ -305,8 +306,8 @@ def test_apiserver_refuses_a_broken_contract_with_one_line(inv, programs, contro
 
 def test_controller_manager_dials_the_apiserver_and_serves_healthz(inv, state, programs, controller, apiserver):
     port = free_port()
-    argv = controller.argv(plan.kube_controller_manager_argv(inv, inv.controllers[0]), drop=("--bind-address",),
-                           add=("--bind-address=127.0.0.1", f"--secure-port={port}"))
+    argv = controller.argv(control_plane.kube_controller_manager_argv(inv, inv.controllers[0]),
+                           drop=("--bind-address",), add=("--bind-address=127.0.0.1", f"--secure-port={port}"))
     proc = Proc(programs["kube-controller-manager"], argv).until_ready()
     try:
         assert get(f"https://127.0.0.1:{port}/healthz", state, cert=None, verify=False) == (200, "ok")
@@ -319,12 +320,12 @@ def test_controller_manager_dials_the_apiserver_and_serves_healthz(inv, state, p
 
 def test_controller_manager_refuses_a_kubeconfig_whose_key_is_not_its_certs(inv, state, programs, controller,
                                                                            tmp_path):
-    doc = yaml.safe_load(Path(controller.path(f"{plan.K8S_DIR}/kube-controller-manager.kubeconfig")).read_text())
-    other = yaml.safe_load(Path(controller.path(f"{plan.K8S_DIR}/kube-scheduler.kubeconfig")).read_text())
+    doc = yaml.safe_load(Path(controller.path(f"{paths.K8S_DIR}/kube-controller-manager.kubeconfig")).read_text())
+    other = yaml.safe_load(Path(controller.path(f"{paths.K8S_DIR}/kube-scheduler.kubeconfig")).read_text())
     doc["users"][0]["user"]["client-key-data"] = other["users"][0]["user"]["client-key-data"]
     bad = tmp_path / "kcm.kubeconfig"
     bad.write_text(yaml.safe_dump(doc))
-    argv = controller.argv(plan.kube_controller_manager_argv(inv, inv.controllers[0]), drop=("--kubeconfig",),
+    argv = controller.argv(control_plane.kube_controller_manager_argv(inv, inv.controllers[0]), drop=("--kubeconfig",),
                            add=(f"--kubeconfig={bad}",))
     rc, out = run_to_end(programs["kube-controller-manager"], argv)
     assert rc == 1 and "client-key is not the key of client-certificate" in out, out
@@ -332,7 +333,7 @@ def test_controller_manager_refuses_a_kubeconfig_whose_key_is_not_its_certs(inv,
 
 def test_scheduler_reads_its_config_dials_and_serves_health(inv, state, programs, controller, apiserver):
     port = free_port()
-    argv = controller.argv(plan.kube_scheduler_argv(inv, inv.controllers[0]),
+    argv = controller.argv(control_plane.kube_scheduler_argv(inv, inv.controllers[0]),
                            add=("--bind-address=127.0.0.1", f"--secure-port={port}"))
     proc = Proc(programs["kube-scheduler"], argv).until_ready()
     try:
@@ -344,7 +345,7 @@ def test_scheduler_reads_its_config_dials_and_serves_health(inv, state, programs
 
 
 def test_scheduler_refuses_an_unknown_config_key(inv, programs, controller, tmp_path):
-    config = Path(controller.path(f"{plan.K8S_DIR}/config/kube-scheduler.yaml")).read_text()
+    config = Path(controller.path(f"{paths.K8S_DIR}/config/kube-scheduler.yaml")).read_text()
     bad = tmp_path / "scheduler.yaml"
     bad.write_text(config + "percentOfNodesToScore: 50\n")
     rc, out = run_to_end(programs["kube-scheduler"], [f"--config={bad}"])
@@ -361,7 +362,7 @@ def worker(inv, state, tmp_path, api_port):
     sock = socket.socket(socket.AF_UNIX)  # containerd's socket, as far as the kubelet can tell
     sock.bind(str(tmp_path / "containerd.sock"))
     sock.listen()
-    config = Path(tree.path(f"{plan.KUBELET_DIR}/kubelet-config.yaml"))
+    config = Path(tree.path(f"{paths.KUBELET_DIR}/kubelet-config.yaml"))
     doc = yaml.safe_load(config.read_text())
     doc.update(address="127.0.0.1", port=free_port(), healthzPort=free_port(),
                containerRuntimeEndpoint=f"unix://{tmp_path / 'containerd.sock'}")
@@ -372,7 +373,7 @@ def worker(inv, state, tmp_path, api_port):
 
 def test_kubelet_serves_10250_demanding_client_certs_and_plain_healthz(inv, state, programs, worker, apiserver):
     tree, doc = worker
-    proc = Proc(programs["kubelet"], tree.argv(plan.kubelet_argv(inv, inv.workers[0]))).until_ready()
+    proc = Proc(programs["kubelet"], tree.argv(workers.kubelet_argv(inv, inv.workers[0]))).until_ready()
     try:
         assert get(f"https://127.0.0.1:{doc['port']}/healthz", state, cert="apiserver-kubelet-client") == (200, "ok")
         with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
@@ -388,8 +389,8 @@ def test_kubelet_serves_10250_demanding_client_certs_and_plain_healthz(inv, stat
 
 def test_kubelet_refuses_a_misspelt_config_key_and_a_missing_runtime(inv, programs, worker, tmp_path):
     tree, doc = worker
-    argv = tree.argv(plan.kubelet_argv(inv, inv.workers[0]))
-    config = Path(tree.path(f"{plan.KUBELET_DIR}/kubelet-config.yaml"))
+    argv = tree.argv(workers.kubelet_argv(inv, inv.workers[0]))
+    config = Path(tree.path(f"{paths.KUBELET_DIR}/kubelet-config.yaml"))
     config.write_text(yaml.safe_dump(dict(doc, containerRuntimeEndpoint="unix:///nonexistent/containerd.sock")))
     rc, out = run_to_end(programs["kubelet"], argv, timeout=0.5)
     assert rc == 1 and "/nonexistent/containerd.sock" in out and "is containerd running?" in out, out
@@ -401,9 +402,9 @@ def test_kubelet_refuses_a_misspelt_config_key_and_a_missing_runtime(inv, progra
 def test_kube_proxy_serves_healthz(inv, state, programs, worker, apiserver):
     tree, _ = worker
     port = free_port()
-    config = Path(tree.path(f"{plan.KUBE_PROXY_DIR}/kube-proxy-config.yaml"))
+    config = Path(tree.path(f"{paths.KUBE_PROXY_DIR}/kube-proxy-config.yaml"))
     config.write_text(config.read_text() + f'healthzBindAddress: "127.0.0.1:{port}"\n')
-    proc = Proc(programs["kube-proxy"], tree.argv(plan.kube_proxy_argv(inv, inv.workers[0]))).until_ready()
+    proc = Proc(programs["kube-proxy"], tree.argv(workers.kube_proxy_argv(inv, inv.workers[0]))).until_ready()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
             assert json.loads(resp.read())["standIn"] is True
