@@ -20,7 +20,6 @@ survive a killed run are swept by the next run, by name.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -202,27 +201,36 @@ class PushReport:
     seconds: float = 0.0
 
 
+_BLOCK = 512
+_CHUNK = 1 << 20
+
+
 def _tar(plan: PushPlan, record: bytes, report: PushReport) -> Callable[[BinaryIO], None]:
     """The staged files as a tar stream: member i is plan.write[i], then the record. Public files
-    first, secrets last, so a run killed mid-stream most likely carried no key at all."""
+    first, secrets last, so a run killed mid-stream most likely carried no key at all.
+
+    Headers come from tarfile; the bodies are copied a MiB at a time (tarfile's own 16 KiB copy
+    halved the push rate measured here)."""
+
+    def member(out: BinaryIO, name: str, size: int, chunks: Iterable[bytes]) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o600, int(time.time())
+        out.write(info.tobuf(format=tarfile.PAX_FORMAT))
+        for chunk in chunks:
+            out.write(chunk)
+        out.write(b"\0" * (-size % _BLOCK))
+        report.bytes_sent += size
 
     def write(out: BinaryIO) -> None:
-        order = sorted(range(len(plan.write)), key=lambda i: plan.write[i].secret)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for name, f in [(str(i), plan.write[i]) for i in order] + [("record", None)]:
-                info = tarfile.TarInfo(name)
-                info.mode, info.mtime = 0o600, int(time.time())
-                if f is None:
-                    info.size = len(record)
-                    tar.addfile(info, io.BytesIO(record))
-                elif f.source is not None:
-                    info.size = f.source.stat().st_size
-                    with f.source.open("rb") as fh:
-                        tar.addfile(info, fh)
-                else:
-                    info.size = len(f.data())
-                    tar.addfile(info, io.BytesIO(f.data()))
-                report.bytes_sent += info.size
+        for i in sorted(range(len(plan.write)), key=lambda i: plan.write[i].secret):
+            f = plan.write[i]
+            if f.source is not None:
+                with f.source.open("rb") as fh:
+                    member(out, str(i), os.fstat(fh.fileno()).st_size, iter(lambda fh=fh: fh.read(_CHUNK), b""))
+            else:
+                member(out, str(i), len(f.data()), [f.data()])
+        member(out, "record", len(record), [record])
+        out.write(b"\0" * (2 * _BLOCK))  # end of archive
 
     return write
 

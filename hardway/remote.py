@@ -193,7 +193,9 @@ class SSHRemote:
             channel.settimeout(limit)
             channel.exec_command(wrapped)
             try:
-                write(_ChannelWriter(channel))
+                # tarfile writes 10 KiB at a time; a sendall per MiB instead keeps the stream fast
+                with io.BufferedWriter(_ChannelWriter(channel), buffer_size=1 << 20) as stdin:
+                    write(stdin)  # type: ignore[arg-type]
                 channel.shutdown_write()
             except OSError:
                 pass  # the command ended early (it failed): its exit status and stderr say why
@@ -229,6 +231,9 @@ class _ChannelWriter(io.RawIOBase):
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self._channel.sendall(data)
         return len(data)
+
+    def close(self) -> None:  # the channel is closed by its owner, after shutdown_write
+        pass
 
 
 def connect(inv: Inventory, node: Node) -> Remote:
