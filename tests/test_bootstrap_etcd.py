@@ -68,7 +68,7 @@ def test_bootstrap_from_scratch_then_write_through_one_member_read_through_the_o
     assert sorted(report.started) == [n.name for n in inv.controllers]
     assert all(len(paths) == 6 for paths in report.written.values())
     assert report.bytes_sent > 6 * 1024 * 1024, "the binaries went to every member"
-    assert not failures(report.results), report.results
+    assert not failures(report.results), failures(report.results)
     c0, *others = inv.controllers
     put = host_etcdctl(inv, state, [c0], "put", "/hardway/hello", "world")
     assert put.returncode == 0 and put.stdout.strip() == "OK", put.stderr
@@ -98,7 +98,7 @@ def test_deleted_member_cert_is_named_by_verify_and_repaired_by_bootstrap(cluste
     report = bootstrap(inv, state)
     assert report.written[node.name] == [CERT]
     assert report.restarted == {node.name: ["etcd"]}  # its files changed under a running member
-    assert not failures(report.results)
+    assert not failures(report.results), failures(report.results)
 
 
 def test_hand_broken_line_continuation_is_reported_as_drift_and_by_systemd(cluster) -> None:
@@ -112,7 +112,7 @@ def test_hand_broken_line_continuation_is_reported_as_drift_and_by_systemd(clust
     assert "unit-lint" in mine and "Unknown key '--name'" in mine["unit-lint"].detail, bad
     report = bootstrap(inv, state)
     assert report.written[node.name] == [UNIT_PATH]
-    assert not failures(report.results)
+    assert not failures(report.results), failures(report.results)
 
 
 def test_stopped_member_is_named_and_the_other_two_serve(cluster) -> None:
@@ -130,7 +130,7 @@ def test_stopped_member_is_named_and_the_other_two_serve(cluster) -> None:
     finally:
         report = bootstrap(inv, state)
     assert report.started == {down.name: ["etcd"]}
-    assert not failures(report.results)
+    assert not failures(report.results), failures(report.results)
 
 
 def test_stale_data_dir_is_refused_naming_node_path_and_fix(cluster) -> None:

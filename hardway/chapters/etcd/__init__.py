@@ -49,6 +49,8 @@ class EtcdChapter(Chapter):
 
     def wait_healthy(self, ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[str]]) -> None:
         apply.wait_healthy(ctx, nodes)
+        if nodes:
+            apply.wait_one_leader(ctx, self.targets(ctx.inv))
 
     def checks(self, ctx: Context) -> list[Check]:
         return [Check(self.name, "etcd", "a healthy TLS etcd cluster matching the inventory",

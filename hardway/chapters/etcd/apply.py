@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from hardway import remote
 from hardway.chapters.base import Context
 from hardway.chapters.etcd.files import UNIT
-from hardway.chapters.etcd.verify import health
+from hardway.chapters.etcd.verify import health, status
 from hardway.errors import HardwayError
 from hardway.facts import gather, unit_states
 from hardway.inventory import Node
@@ -50,3 +50,24 @@ def wait_healthy(ctx: Context, nodes: Sequence[Node]) -> None:
     outcomes.sort(key=lambda o: FAILED not in (o.error or ""))
     if (error := remote.first_error(outcomes)):
         raise HardwayError(error)
+
+
+def wait_one_leader(ctx: Context, nodes: Sequence[Node]) -> None:
+    """Until every member that answers names the same leader: after a (re)start, a member that has
+    not heard of the new leader yet would otherwise fail the checks that follow."""
+    t0 = time.monotonic()
+    seen: set[object] = set()
+
+    def leader(r: Remote) -> object:
+        fact = status(ctx.inv, r.node)
+        answer = gather(r, [fact])[fact]
+        return answer[0].get("Status", {}).get("leader") if isinstance(answer, list) and answer else None
+
+    while time.monotonic() - t0 < ctx.timeout:
+        outcomes = remote.fan_out(ctx.inv, nodes, leader, connector=ctx.connector)
+        seen = {o.value for o in outcomes if o.value is not None}
+        if len(seen) == 1 and 0 not in seen and None not in seen:
+            return
+        time.sleep(POLL_S)
+    raise HardwayError(f"etcd members do not agree on one leader after {ctx.timeout:.0f}s (they name {len(seen)}); "
+                       "run `invoke verify --chapter etcd` for the cause")
