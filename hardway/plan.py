@@ -226,8 +226,12 @@ class _Planner:
             entry = self.inv.binaries.get(name)
             source = entry.path if entry is not None else None
         if source is not None and source.is_file():
-            self.files.append(File(path=f"{directory}/{name}", mode=0o755, source=source,
-                                   services=tuple(services), chapter=self.chapter))
+            f = File(path=f"{directory}/{name}", mode=0o755, source=source, services=tuple(services),
+                     chapter=self.chapter)
+            entry = self.inv.binaries.get(name)
+            if entry is not None and entry.path is not None:  # a URL source was checked when fetched
+                binaries.check_sha256(entry, f.sha256, source)
+            self.files.append(f)
 
 
 def _etcd(p: _Planner) -> None:
