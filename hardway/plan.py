@@ -192,6 +192,7 @@ class _Planner:
     chapter: str = ""
     files: list[File] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)
 
     def _read(self, path: Path) -> bytes | None:
         try:
@@ -202,8 +203,14 @@ class _Planner:
 
     def pki(self, target: str, source: Path, services: Iterable[str], secret: bool = False) -> None:
         data = self._read(source)
-        if data is not None:
-            self.add(target, data, services, secret=secret)
+        if data is None:
+            return
+        # A certificate or key damaged on disk is never shipped: `invoke pki` reissues it (or, for
+        # the CA, says how to restore it).
+        readable = {".crt": pki.read_cert, ".key": pki.read_key}.get(source.suffix)
+        if readable is not None and readable(source) is None:
+            self.damaged.append(source)
+        self.add(target, data, services, secret=secret)
 
     def add(self, target: str, data: bytes | str, services: Iterable[str], secret: bool = False,
             mode: int = 0o644) -> None:
@@ -355,6 +362,10 @@ def node_files(inv: Inventory, node: str | Node, state: PkiState, *, chapters: I
         more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
         raise HardwayError(f"{n.name}: PKI files in {state.root} missing: {', '.join(names[:5])}{more}: "
                            "run `invoke pki`")
+    if p.damaged:
+        names = [_relative(m, state.root) for m in dict.fromkeys(p.damaged)]
+        raise HardwayError(f"{n.name}: PKI files in {state.root} are damaged (not a whole PEM certificate or "
+                           f"key): {', '.join(names)}: run `invoke pki`")
     seen: set[str] = set()
     for f in p.files:
         if f.path in seen:

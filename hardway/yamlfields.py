@@ -312,8 +312,6 @@ class Field:
             raise self.fail(f"{shown(text)} has no prefix length; write it as a CIDR such as {net}")
         if net.network_address != ipaddress.ip_interface(text).ip:
             raise self.fail(f"{shown(text)} has host bits set; the network is {net}")
-        if str(net) != text:
-            raise self.fail(f"{shown(text)} is another spelling of {net}; write {net}")
         return net
 
     def path_value(self, base: Path, default: str | None = None) -> Path | None:
