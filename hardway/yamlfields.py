@@ -31,6 +31,8 @@ MAX_DEPTH = 32
 SHOWN = 60  # characters of a user's value quoted back in a message
 
 _DECIMAL = re.compile(r"^-?(0|[1-9][0-9]*)$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_TAG = "tag:yaml.org,2002:int"
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -195,6 +197,8 @@ class Field:
         if isinstance(key, int):
             path = f"{self.path}[{key}]"
         else:
+            if not _PLAIN_KEY.fullmatch(key):  # quoted, so a key with spaces or escapes cannot garble the line
+                key = shown(key, 40)
             key = key if len(key) <= 40 else key[:40] + "…"
             path = f"{self.path}.{key}" if self.path else key
         return Field(self.source, node, path, self.line)
@@ -238,10 +242,15 @@ class Field:
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.fail(f"expected a single value, got {_kind(self.node)}")
         try:
-            return _construct(self.node)
+            value = _construct(self.node)
         except yaml.YAMLError:
             raise self.fail(f"cannot read {shown(self.node.value)} tagged {shown(self.node.tag)}; "
                             "remove the tag") from None
+        if isinstance(value, str):
+            lone = _SURROGATE.search(value)
+            if lone:  # an escape such as "\ud800" that is half of a character: no file name or URL takes it
+                raise self.fail(f"{shown(value)} contains \\u{ord(lone.group()):04x}, half of a character; remove it")
+        return value
 
     def text(self, what: str) -> str:
         """The value as the user wrote it, for fields read from text (addresses, CIDRs, names):

@@ -196,6 +196,10 @@ CASES = [
     ("control character", edit("name: demo", "name: de\x07mo"),
      "bad.yaml:2: character U+0007 is not allowed in YAML (a control character); remove it", ""),
     ("tab", edit("  name: demo", "\tname: demo"), "bad.yaml:2: YAML syntax error: ", "indent with spaces, not tabs"),
+    ("half a character", GOOD + 'binaries: {etcd: {url: "https://h\\ud800/x", sha256: ' + "0" * 64 + "}}\n",
+     "bad.yaml:13: binaries.etcd.url: 'https://h\\ud800/x' contains \\ud800, half of a character; remove it", ""),
+    ("a key with escapes", GOOD + 'binaries: {"etcd\\n": {path: x}, "\\e[31m": 1}\n',
+     "bad.yaml:13: binaries.'etcd\\n': unknown binary; did you mean etcd?", ""),
 ]
 
 
@@ -276,3 +280,16 @@ def test_bad_inventory_writes_nothing(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "pki", "--inventory", str(path),
                            "--pki-dir", str(pki_dir)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_reference_page_names_every_field_binary_and_component() -> None:
+    import re
+
+    doc = (ROOT / "docs" / "inventory.md").read_text()
+    source = (ROOT / "hardway" / "inventory.py").read_text()
+    fields = {k for group in re.findall(r"mapping\(\(([^)]*)\)", source) for k in re.findall(r'"([a-z_]+)"', group)}
+    assert {"name", "service_cidr", "pod_cidr", "hostname", "renew_within_days", "data_dir"} <= fields
+    missing = [f for f in sorted(fields) if not re.search(rf"`[a-z_.\[\]]*\b{f}`", doc)]
+    missing += [n for n in (*inventory.BINARY_NAMES, *inventory.VERSION_COMPONENTS) if f"`{n}`" not in doc]
+    assert not missing, f"docs/inventory.md does not name: {missing}"
+    assert "[docs/inventory.md](docs/inventory.md)" in (ROOT / "README.md").read_text()
