@@ -53,7 +53,8 @@ def run_pipeline(text: str, workdir: Path) -> tuple[Inventory, PkiState, list[Pa
 _SECTIONS = "cluster|api_endpoint|versions|pki|encryption|ssh|binaries|etcd|nodes"
 _NAMES_A_FIELD = re.compile(
     rf"^{re.escape(SOURCE)}:\d+: (((?:{_SECTIONS})(?:[.\[][^ ]*)?|\(top level\)): \S"
-    r"|YAML syntax error: \S|character U\+[0-9A-F]{4,6} is not allowed|the inventory is empty)"
+    r"|YAML syntax error: \S|character U\+[0-9A-F]{4,6} is not allowed|the inventory is empty"
+    r"|\S.*: unknown (field|binary|component|certificate family); )"  # the path is then the unknown key
 )
 
 
