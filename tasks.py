@@ -53,6 +53,15 @@ def load_inventory(path: str | None):  # -> hardway.inventory.Inventory
     return inv
 
 
+MAX_SECONDS = 86400.0  # a day: every wait hardway does is far shorter
+MAX_DAYS = 36500  # what pki.ca_validity_days allows; a larger timedelta overflows
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() then refuses with a traceback."""
+    return text.isascii() and text.isdigit()
+
+
 def seconds(value, flag: str, default: float) -> float:
     """A positive number of seconds from a flag (invoke's own int parsing would raise a traceback)."""
     if value is None:
@@ -61,14 +70,14 @@ def seconds(value, flag: str, default: float) -> float:
         parsed = float(value)
     except ValueError:
         parsed = -1.0
-    if parsed <= 0:
-        raise HardwayError(f"{flag}: {value!r} is not a positive number of seconds")
+    if not 0 < parsed <= MAX_SECONDS:  # also refuses nan and inf, which float() accepts
+        raise HardwayError(f"{flag}: {value!r} is not a positive number of seconds (at most {MAX_SECONDS:.0f})")
     return parsed
 
 
 def whole_number(value, flag: str) -> int | None:
     """A count from a flag, None when not given."""
-    if value is not None and not str(value).isdigit():
+    if value is not None and not _digits(str(value)):
         raise HardwayError(f"{flag}: {value!r} is not a whole number")
     return None if value is None else int(value)
 
@@ -97,8 +106,8 @@ def _renew_within(inv, days: str | None):  # -> datetime.timedelta
 
     if days is None:
         return timedelta(days=inv.renew_within_days)
-    if not str(days).isdigit():
-        raise HardwayError(f"--renew-within-days: {days!r} is not a whole number of days")
+    if not _digits(str(days)) or int(days) > MAX_DAYS:
+        raise HardwayError(f"--renew-within-days: {days!r} is not a whole number of days from 0 to {MAX_DAYS}")
     return timedelta(days=int(days))
 
 
@@ -292,8 +301,8 @@ ns.add_task(verify)
 
 def _days(value, flag: str) -> int:
     text = str(value).strip().lower().removesuffix("d")
-    if not text.isdigit():
-        raise HardwayError(f"{flag}: {value!r} is not a number of days such as 30d")
+    if not _digits(text) or int(text) > MAX_DAYS:
+        raise HardwayError(f"{flag}: {value!r} is not a number of days such as 30d (at most {MAX_DAYS})")
     return int(text)
 
 

@@ -31,14 +31,21 @@ def resolve(inv: Inventory, name: str, cache_dir: Path) -> Path | None:
     return cached if cached.is_file() else None
 
 
+def check_sha256(source: BinarySource, actual: str, path: Path) -> None:
+    """Refuse a local file whose sha256 (``actual``) is not the one the inventory pins, naming its line."""
+    if source.sha256 and actual != source.sha256:
+        where = source.sha256_where or f"binaries.{source.name}.sha256"
+        raise HardwayError(f"{where}: {path} has sha256 {actual[:16]}…, not {source.sha256[:16]}…; replace the "
+                           "file or correct the sha256")
+
+
 def fetch(source: BinarySource, cache_dir: Path, timeout: float = 60.0) -> Path:
     """Download a URL source, verify its sha256 and, for a tarball, take the member named like it."""
     if source.path is not None:
         if not source.path.is_file():
             raise HardwayError(f"binaries.{source.name}.path: {source.path} does not exist; fix the path")
-        if source.sha256 and sha256_file(source.path) != source.sha256:
-            raise HardwayError(f"binaries.{source.name}: {source.path} does not match its sha256; "
-                               "replace the file or correct the sha256")
+        if source.sha256:
+            check_sha256(source, sha256_file(source.path), source.path)
         return source.path
     assert source.url is not None and source.sha256 is not None
     target = cached_path(source, cache_dir)

@@ -102,28 +102,39 @@ def drift(inv: Inventory, state: PkiState) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _dig(doc: object, *path: str | int) -> object:
+    """``doc[path[0]][path[1]]...``, or None where a level is missing or not a mapping/list."""
+    for step in path:
+        if isinstance(step, int) and isinstance(doc, list) and len(doc) > step:
+            doc = doc[step]
+        elif isinstance(step, str) and isinstance(doc, dict):
+            doc = doc.get(step)
+        else:
+            return None
+    return doc
+
+
 def _why_changed(old: bytes, new: bytes) -> tuple[str, ...]:
-    """What differs between two kubeconfigs, without ever echoing key material."""
+    """What differs between two kubeconfigs, without ever echoing key material. ``old`` may be
+    anything a hand edit left: not YAML, not a kubeconfig, nested past the recursion limit."""
     try:
-        a, b = yaml.safe_load(old), yaml.safe_load(new)
-        ca, cb = a["clusters"][0], b["clusters"][0]
-        ua, ub = a["users"][0], b["users"][0]
-    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        a = yaml.safe_load(old)
+    except (yaml.YAMLError, RecursionError):
+        return ("previous file unreadable",)
+    b = yaml.safe_load(new)
+    if not isinstance(_dig(a, "clusters", 0), dict) or not isinstance(_dig(a, "users", 0), dict):
         return ("previous file unreadable",)
     reasons = []
-    if ca.get("name") != cb["name"]:
-        reasons.append(f"cluster name {ca.get('name')} → {cb['name']}")
-    sa, sb = ca.get("cluster", {}).get("server"), cb["cluster"]["server"]
-    if sa != sb:
-        reasons.append(f"server {sa} → {sb}")
-    if ca.get("cluster", {}).get("certificate-authority-data") != cb["cluster"]["certificate-authority-data"]:
-        reasons.append("CA changed")
-    if ua.get("name") != ub["name"]:
-        reasons.append(f"user {ua.get('name')} → {ub['name']}")
-    if ua.get("user", {}).get("client-certificate-data") != ub["user"]["client-certificate-data"]:
-        reasons.append("client certificate reissued")
-    if ua.get("user", {}).get("client-key-data") != ub["user"]["client-key-data"]:
-        reasons.append("client key changed")
+    for label, path in (("cluster name", ("clusters", 0, "name")), ("server", ("clusters", 0, "cluster", "server")),
+                        ("user", ("users", 0, "name"))):
+        have, want = _dig(a, *path), _dig(b, *path)
+        if have != want:
+            reasons.append(f"{label} {str(have)[:80]} → {want}")
+    for label, path in (("CA changed", ("clusters", 0, "cluster", "certificate-authority-data")),
+                        ("client certificate reissued", ("users", 0, "user", "client-certificate-data")),
+                        ("client key changed", ("users", 0, "user", "client-key-data"))):
+        if _dig(a, *path) != _dig(b, *path):
+            reasons.append(label)
     return tuple(reasons) or ("content differs",)
 
 

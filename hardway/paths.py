@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hardway import inventory_rules
+
 BIN = "/usr/local/bin"
 UNIT_DIR = "/etc/systemd/system"
 ETCD_DIR = "/etc/etcd"
@@ -13,7 +15,7 @@ CNI_BIN = "/opt/cni/bin"
 CNI_CONF = "/etc/cni/net.d"  # also containerd's default conf_dir (its default bin_dir is CNI_BIN)
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CONTAINERD_SOCKET = "unix:///var/run/containerd/containerd.sock"
-APISERVER_PORT = 6443  # what the controllers' own kubeconfigs dial on 127.0.0.1
+APISERVER_PORT = inventory_rules.APISERVER_PORT  # where every apiserver listens (the inventory checks the endpoint)
 
 
 def unit_file(unit: str) -> str:

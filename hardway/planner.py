@@ -16,6 +16,7 @@ from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.paths import unit_file
+from hardway.pki.keys import read_cert, read_key
 from hardway.state import PkiState
 from hardway.templates import render
 
@@ -29,6 +30,7 @@ class Planner:
     chapter: str = ""
     files: list[File] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
+    damaged: list[Path] = field(default_factory=list)
 
     def _read(self, path: Path) -> bytes | None:
         try:
@@ -40,8 +42,14 @@ class Planner:
     def pki(self, target: str, source: Path, services: Iterable[str], secret: bool = False) -> None:
         """A file from the PKI state (a cert, key, kubeconfig or the encryption config)."""
         data = self._read(source)
-        if data is not None:
-            self.add(target, data, services, secret=secret)
+        if data is None:
+            return
+        # A certificate or key damaged on disk is never shipped: `invoke pki` reissues it (or, for
+        # the CA, says how to restore it).
+        readable = {".crt": read_cert, ".key": read_key}.get(source.suffix)
+        if readable is not None and readable(source) is None:
+            self.damaged.append(source)
+        self.add(target, data, services, secret=secret)
 
     def add(self, target: str, data: bytes | str, services: Iterable[str], secret: bool = False,
             mode: int = 0o644) -> None:
@@ -63,8 +71,12 @@ class Planner:
             entry = self.inv.binaries.get(name)
             source = entry.path if entry is not None else None
         if source is not None and source.is_file():
-            self.files.append(File(path=f"{directory}/{name}", mode=0o755, source=source,
-                                   services=tuple(services), chapter=self.chapter))
+            f = File(path=f"{directory}/{name}", mode=0o755, source=source, services=tuple(services),
+                     chapter=self.chapter)
+            entry = self.inv.binaries.get(name)
+            if entry is not None and entry.path is not None:  # a URL source was checked when fetched
+                binaries.check_sha256(entry, f.sha256, source)
+            self.files.append(f)
 
 
 class _Planned(Protocol):
@@ -92,6 +104,10 @@ def files_for(inv: Inventory, node: Node, state: PkiState, chapters: Sequence[_P
         more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
         raise HardwayError(f"{node.name}: PKI files in {state.root} missing: {', '.join(names[:5])}{more}: "
                            "run `invoke pki`")
+    if p.damaged:
+        names = [_relative(m, state.root) for m in dict.fromkeys(p.damaged)]
+        raise HardwayError(f"{node.name}: PKI files in {state.root} are damaged (not a whole PEM certificate or "
+                           f"key): {', '.join(names)}: run `invoke pki`")
     seen: set[str] = set()
     for f in p.files:
         if f.path in seen:

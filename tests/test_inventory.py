@@ -122,8 +122,8 @@ BAD = {
     "worker without pod cidr": (_edit("    pod_cidr: 10.200.0.0/24\n", ""),
                                 "bad.yaml:9: nodes[1].pod_cidr: is required"),
     "unknown field": (_edit("address: 10.240.0.20", "adress: 10.240.0.20"),
-                      "bad.yaml:10: nodes[1].adress: unknown field; expected one of: name, address, roles, "
-                      "pod_cidr"),
+                      "bad.yaml:10: nodes[1].adress: unknown field; did you mean address? expected one of: name, "
+                      "address, roles, pod_cidr"),
     "yaml boolean": (_edit("name: demo", "name: on"),
                      "bad.yaml:2: cluster.name: expected a string, got boolean true (YAML reads it as a "
                      "boolean: quote it)"),

@@ -58,13 +58,20 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def read_cert(path: Path) -> x509.Certificate | None:
-    """The certificate at ``path``; None if the file is missing or not a PEM certificate."""
+    """The certificate at ``path``; None if the file is missing or not a whole PEM certificate.
+
+    cryptography parses a certificate's key and extensions only when asked: they are asked for
+    here, so a damaged one is caught now, not as a traceback in the middle of a drift check.
+    """
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cert.public_key()
+        _ = cert.extensions, cert.subject, cert.issuer, cert.signature_hash_algorithm
     except FileNotFoundError:
         return None
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         return None
+    return cert
 
 
 def read_key(path: Path) -> PrivateKey | None:
