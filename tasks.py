@@ -355,3 +355,59 @@ def _add_apply_tasks() -> None:
 
 
 _add_apply_tasks()
+
+# --- day 2: etcd.replace, etcd.snapshot, etcd.restore, reset, diagnose (owner: day2) ---------
+
+DAY2_HELP = {
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "dry-run": "print the steps and the commands they run, and change nothing",
+    "timeout": "seconds to wait for each member to become healthy (default 90)",
+}
+
+
+def _help_asked(value, name: str, fn, helps: dict[str, str]) -> None:
+    """invoke hands ``--help`` to a task's missing positional argument instead of printing help: do it here."""
+    if value not in ("-h", "--help"):
+        return
+    doc = (fn.__doc__ or "").strip()
+    lines = [f"Usage: invoke [--core-opts] {name} [--options] [other tasks here ...]", "", f"Docstring:\n  {doc}", "",
+             "Options:"]
+    lines += [f"  --{flag:<16} {text}" for flag, text in helps.items()]
+    raise Exit("\n".join(lines), code=0)
+
+
+def _fetch_binaries(inv, chapter) -> None:
+    from hardway import binaries
+
+    for name in chapter.binaries:
+        if name in inv.binaries:
+            binaries.fetch(inv.binaries[name], CACHE_DIR)
+
+
+def _add_day2_tasks() -> None:
+    from hardway.day2 import replace
+
+    replace_help = {"node": "the controller whose member is re-added (NODE, or --node NODE)", **DAY2_HELP}
+
+    @task(name="replace", auto_shortflags=False, help=replace_help)
+    @user_errors
+    def etcd_replace(c, node, inventory=None, pki_dir=None, dry_run=False, timeout=None):
+        """Re-add NODE's etcd member on an empty data dir (stale, removed or lost data); quorum is kept."""
+        from hardway import remote
+
+        _help_asked(node, "etcd.replace NODE", etcd_replace, replace_help)
+        wait = seconds(timeout, "--timeout", 90.0)
+        inv = load_inventory(inventory)
+        _fetch_binaries(inv, replace.ETCD)
+        with remote.Pool() as pool:
+            done = replace.replace(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait), node,
+                                   dry_run=dry_run)
+        print(done.procedure.describe() + "\ndry run: nothing was changed" if dry_run else done.summary())
+
+    members = Collection(replace.ETCD.name)
+    members.add_task(etcd_replace)
+    ns.add_collection(members)
+
+
+_add_day2_tasks()
