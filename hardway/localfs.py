@@ -6,6 +6,7 @@
   the temp file removed.
 - ``ensure_file``: the same, but only when the bytes differ; a matching file whose mode drifted
   is chmod-ed in place. Says what it did, so callers can report "kept" or "rewritten".
+- ``write_stream``: ``write_atomic`` for data that arrives in pieces (a snapshot from a node).
 - ``private_dir``: a directory and its missing parents, 0700 (``mkdir(parents=True)`` leaves
   parents at the umask's mode).
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 SECRET_MODE = 0o600
 
@@ -56,6 +59,27 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def write_stream(path: Path, mode: int) -> Iterator[BinaryIO]:
+    """``write_atomic`` for data that arrives in pieces (a snapshot): write into the yielded file; on a
+    clean exit it is fsynced and renamed over ``path``, on any error (Ctrl-C too) it is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o777)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -69,6 +69,7 @@ class Step:
     undo: Callable[[], object] | None = None  # puts back what ``run`` changed
     undo_text: str = ""  # the command ``undo`` runs, for a message when it fails
     final: str = ""  # once done there is no going back: how to finish instead (a command)
+    seconds: float = 0.0  # how long it took (where the time goes: bench/etcd_day2.py prints it)
 
 
 @dataclass
@@ -83,6 +84,10 @@ class Procedure:
         step = Step(where, what, command, run, undo, undo_text, final)
         self.steps.append(step)
         return step
+
+    def timings(self) -> str:
+        """Seconds per step, after a run."""
+        return "; ".join(f"{s.what.split(' (')[0]} {s.seconds:.2f}s" for s in self.steps)
 
     def describe(self) -> str:
         """The dry run: every step, where, and its command."""
@@ -104,8 +109,10 @@ class Procedure:
                 for current in self.steps:
                     checkpoint()
                     self.progress(current.where, current.what)
+                    started = time.monotonic()
                     if current.run is not None:
                         current.run()
+                    current.seconds = time.monotonic() - started
                     done.append(current)
                     current = None
                 checkpoint()  # a Ctrl-C during the last step still counts

@@ -62,6 +62,11 @@ class Remote(Protocol):
         raises RemoteError when it fails. How pushes travel: one exec per node carries every file."""
         ...
 
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        """Run ``command`` and hand its stdout, as bytes, to ``sink`` piece by piece (a snapshot can be
+        large: nothing is held in memory); raises RemoteError when it fails."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -215,6 +220,33 @@ class SSHRemote:
             raise RemoteError(f"{self.node.name}: `{command[:200]}` exited {code}: {detail[-1] if detail else ''}")
         return result
 
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        wrapped = f"sudo -n sh -c {shlex.quote(command)}" if self._sudo else command
+        limit = timeout or self.inv.ssh.command_timeout
+        transport = self.conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RemoteError(f"{self.node.name}: connection closed")
+        channel = None
+        try:
+            channel = transport.open_session(timeout=limit)
+            channel.settimeout(limit)
+            channel.exec_command(wrapped)
+            while chunk := channel.recv(1 << 20):
+                sink(chunk)
+            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
+            code = channel.recv_exit_status()
+        except TimeoutError:
+            raise RemoteError(f"{self.node.name}: command timed out after {limit}s: {command[:200]}") from None
+        except (OSError, paramiko.SSHException) as exc:
+            raise RemoteError(f"{self.node.name}: connection lost running {command[:200]!r}: {exc}") from None
+        finally:
+            if channel is not None:
+                channel.close()
+        if code != 0:
+            detail = stderr.strip().splitlines()
+            raise RemoteError(f"{self.node.name}: `{command[:200]}` exited {code}: {detail[-1] if detail else ''}")
+        return CommandResult(command, code, "", stderr)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -258,6 +290,9 @@ class _Borrowed:
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
         return self._inner.feed(command, write, timeout=timeout)
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        return self._inner.fetch(command, sink, timeout=timeout)
 
     def close(self) -> None:
         pass

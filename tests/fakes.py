@@ -50,6 +50,7 @@ class FakeService:
 @dataclass
 class FakeNode:
     files: dict[str, FakeFile] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # big files (snapshots) that ``fetch`` streams
     dirs: set[str] = field(default_factory=set)
     commands: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
@@ -155,6 +156,19 @@ class FakeRemote:
         finally:
             for cleanup in self._traps:
                 self._builtin(cleanup)
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        """``cat PATH`` streams the node's blob at PATH (``FakeNode.blobs``); other commands their stdout."""
+        self.state.commands.append(command)
+        words = shlex.split(command)
+        if words[0] == "cat" and words[-1] in self.state.blobs:
+            sink(self.state.blobs[words[-1]])
+            return CommandResult(command, 0, "", "")
+        result = self._dispatch(command)
+        if not result.ok:
+            raise RemoteError(f"{self.node.name}: `{command}` exited {result.exit_code}: {result.stderr.strip()}")
+        sink(result.stdout.encode())
+        return result
 
     def close(self) -> None:
         pass

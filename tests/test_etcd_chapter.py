@@ -111,8 +111,22 @@ def test_stale_member_beside_serving_ones_is_refused_with_replace_as_the_fix() -
 def test_another_members_data_dir_is_refused() -> None:
     dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(OURS["controller-1"])}
     fail = next(f for f in preflight.judge_together(INV, view_of(dirs)).findings if f.status == FAIL)
-    assert fail.node == "controller-0" and "a member removed" not in fail.message
-    assert "this cluster lists" in fail.message
+    assert fail.node == "controller-0" and "which hardway's bootstrap gave to another controller" in fail.message
+
+
+def test_a_member_added_later_is_not_judged_by_bootstrap_ids_while_nothing_serves() -> None:
+    dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(_wal_for(0xABCDEF,
+                                                                                  etcd_ids.expected_cluster_id(INV)))}
+    assert FAIL not in statuses(preflight.judge_together(INV, view_of(dirs)).findings)
+
+
+def test_a_removed_members_data_is_named_when_the_cluster_serves() -> None:
+    dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(_wal_for(0xABCDEF,
+                                                                                  etcd_ids.expected_cluster_id(INV)))}
+    view = view_of(dirs, serving=("controller-1", "controller-2"))
+    fail = next(f for f in preflight.judge_together(INV, view).findings if f.status == FAIL)
+    assert "holds member abcdef of this cluster, but this cluster lists" in fail.message
+    assert "the member was removed" in fail.message
 
 
 def test_unreadable_member_dir_is_refused() -> None:

@@ -239,7 +239,7 @@ class Chapter:
                              if o.ok and o.value) or "none"
             raise HardwayError(f"push failed on {error}; pushed to: {done}; fix and re-run `invoke {self.task}` "
                                "(it converges)")
-        started = {n: list(p.start) for n, p in start_plans.items() if p.start}
+        started = {n: [*p.start, *p.hold] for n, p in start_plans.items() if p.start or p.hold}  # held: settle starts
         restarted = self.settle(ctx, nodes, start_plans)
         lap("settle")
         results = self.verify(ctx)

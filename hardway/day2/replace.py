@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from hardway.chapters.base import Context
 from hardway.chapters.etcd import CHAPTER as ETCD
@@ -99,9 +100,9 @@ def plan(ctx: Context, name: str, view: ClusterView | None = None) -> Replacemen
                    + ("as a learner, then is promoted" if release.learners else "as a voting member (3.4: no learner)")]
     if target.healthy and target.member_id is not None and view.leader == target.member_id:
         to = next(v for v in view.serving if v.node.name != name and v.member_id is not None)
-        move = ctl(inv, node, f"move-leader {to.member_id:x}")
-        proc.add(name, f"hand leadership to {to.node.name} (no election while clients write)", move,
-                 lambda: run_on(ctx, node, move))
+        lead = ctl(inv, node, f"move-leader {to.member_id:x}")
+        proc.add(name, f"hand leadership to {to.node.name} (no election while clients write)", lead,
+                 partial(run_on, ctx, node, lead))
     if target.active in STOPPABLE:
         was_healthy = target.healthy
 
@@ -110,7 +111,7 @@ def plan(ctx: Context, name: str, view: ClusterView | None = None) -> Replacemen
             if was_healthy:
                 membership.wait_active_member(ctx, node, ctx.timeout)
 
-        proc.add(name, "stop etcd", f"systemctl stop {UNIT}", lambda: run_on(ctx, node, f"systemctl stop {UNIT}"),
+        proc.add(name, "stop etcd", f"systemctl stop {UNIT}", partial(run_on, ctx, node, f"systemctl stop {UNIT}"),
                  undo=start_again, undo_text=finish)
     aside = None
     if not target.data.empty:
@@ -118,11 +119,11 @@ def plan(ctx: Context, name: str, view: ClusterView | None = None) -> Replacemen
         aside = datadir.removed_dir(d, stamp)
         move = datadir.move_aside(d, stamp)
         back = datadir.move_back(d, stamp)
-        proc.add(name, f"move its data aside to {aside} (never deleted)", move, lambda: run_on(ctx, node, move),
-                 undo=lambda: run_on(ctx, node, back), undo_text=back)
+        proc.add(name, f"move its data aside to {aside} (never deleted)", move, partial(run_on, ctx, node, move),
+                 undo=partial(run_on, ctx, node, back), undo_text=back)
     joined = membership.add_join_steps(proc, ctx, view, node, files, finish)
     proc.add("-", "wait until every member names the same leader", "",
-             lambda: etcd_apply.wait_one_leader(ctx, inv.controllers))
+             partial(etcd_apply.wait_one_leader, ctx, inv.controllers))
     return Replacement(proc, name, aside, joined)
 
 

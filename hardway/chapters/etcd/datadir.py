@@ -88,6 +88,7 @@ def read(values: Mapping[object, object], inv: Inventory) -> DataDir:
 # --- judging across nodes ----------------------------------------------------------------------
 
 OURS, EMPTY, STALE, UNREADABLE, CLUTTERED = "ours", "empty", "stale", "unreadable", "cluttered"
+SERVING = "the serving members"
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Verdict:
 class Reference:
     """What "this cluster" is, and where that was learnt."""
 
-    cluster_id: int | None
+    cluster_id: int
     member_ids: Mapping[str, int]  # peer URL -> the member ID this cluster knows there ({} if unknown)
     source: str  # "the serving members", "hardway's bootstrap identity", "most data dirs", "nothing"
 
@@ -109,7 +110,7 @@ class Reference:
 def reference(inv: Inventory, dirs: Mapping[str, DataDir], serving_cluster: int | None,
               serving_members: Mapping[str, int] | None) -> Reference:
     if serving_cluster is not None:
-        return Reference(serving_cluster, dict(serving_members or {}), "the serving members")
+        return Reference(serving_cluster, dict(serving_members or {}), SERVING)
     expected = ids.expected_cluster_id(inv)
     seen = Counter(d.identity[1] for d in dirs.values() if d.identity is not None)
     top, count = seen.most_common(1)[0] if seen else (expected, 0)
@@ -134,18 +135,20 @@ def judge(inv: Inventory, dirs: Mapping[str, DataDir], ref: Reference) -> dict[s
         elif d.has_member:
             member, cluster = d.identity  # type: ignore[misc]
             want_member = ref.member_ids.get(inv.etcd_peer_url(node))
-            if ref.cluster_id is None:
-                out[name] = Verdict(name, STALE, f"{data_dir} holds member {member:x} of cluster {cluster:x}, and "
-                                                 "no member serves to say which cluster is current")
-            elif cluster != ref.cluster_id:
+            if cluster != ref.cluster_id:
                 out[name] = Verdict(name, STALE, f"{data_dir} holds member {member:x} of cluster {cluster:x}, "
                                                  f"not of this cluster ({ref.cluster_id:x}, per {ref.source}): "
                                                  "a stale or foreign data dir")
-            elif ref.member_ids and want_member != member:
+            elif ref.source == SERVING and want_member != member:
                 listed = f"this cluster lists {want_member:x} there" if want_member else "this cluster no longer " \
                                                                                           "lists it"
                 out[name] = Verdict(name, STALE, f"{data_dir} holds member {member:x} of this cluster, but "
                                                  f"{listed}: the member was removed (data left from before)")
+            elif want_member != member and member in ref.member_ids.values():
+                # without a serving member only bootstrap-made IDs can be judged (a member added later has a
+                # random one): another controller's bootstrap ID here is that controller's data
+                out[name] = Verdict(name, STALE, f"{data_dir} holds member {member:x}, which hardway's bootstrap "
+                                                 "gave to another controller: another member's data dir")
             else:
                 out[name] = Verdict(name, OURS, f"{data_dir} holds this cluster's member {member:x}")
         elif d.others:

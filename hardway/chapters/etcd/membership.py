@@ -17,8 +17,9 @@ import json
 import shlex
 import time
 from collections.abc import Sequence
+from functools import partial
 
-from hardway import deploy, procedure, remote
+from hardway import deploy, procedure
 from hardway.chapters.base import Context
 from hardway.chapters.etcd.cluster import STATE, ClusterView, Member, health, quick_ctl
 from hardway.chapters.etcd.files import UNIT, UNIT_PATH, ctl, etcd_argv
@@ -91,23 +92,16 @@ def add_join_steps(proc: Procedure, ctx: Context, view: ClusterView, node: Node,
     old = view.member_at(url)
     joined = Joined()
 
-    def on(n: Node, command: str, check: bool = True) -> remote.CommandResult:
-        r = ctx.connector(inv, n)
-        try:
-            return r.run(command, check=check, timeout=int(ctx.timeout))
-        finally:
-            r.close()
-
     if old is not None:
         remove = ctl(inv, via, f"member remove {old.hex}", endpoints)
         proc.add(via.name, f"member remove {old.hex} ({node.name}'s old member, by its peer URL {url})", remove,
-                 lambda: on(via, remove), final=finish)
+                 partial(_reconfigure, ctx, via, remove, f"member remove {old.hex}"), final=finish)
     after = [m for m in view.members or () if m is not old]
     add = ctl(inv, via, f"member add {node.name} --peer-urls={url}{' --learner' if learner else ''} -w json",
               endpoints)
 
     def do_add() -> None:
-        out = on(via, add).stdout
+        out = _reconfigure(ctx, via, add, f"member add {node.name}")
         doc = next((json.loads(line) for line in reversed(out.splitlines()) if line.startswith("{")), {})
         joined.member_id = int(doc.get("member", {}).get("ID", 0)) or None
 
@@ -126,16 +120,39 @@ def add_join_steps(proc: Procedure, ctx: Context, view: ClusterView, node: Node,
 
     proc.add(node.name, "start it with --initial-cluster-state=existing and the cluster's member list",
              f"(unit {UNIT_PATH} with {_changed_flags(etcd_argv(inv, node), argv)})\n" + "; ".join(start),
-             lambda: install(joining, start), undo=lambda: install(files, ["systemctl daemon-reload"]),
+             partial(install, joining, start), undo=partial(install, files, ["systemctl daemon-reload"]),
              undo_text=finish, final=finish)
     promote = ctl(inv, via, "member promote <new member id>", endpoints)
     proc.add(node.name, "wait until it is started and in sync" + (" (promote the learner)" if learner else ""),
              promote if learner else quick_ctl(inv, node, "endpoint health"),
-             lambda: _wait_joined(ctx, via, node, endpoints, learner, joined), final=finish)
+             partial(_wait_joined, ctx, via, node, endpoints, learner, joined), final=finish)
     proc.add(node.name, "put the steady-state unit back (the running member keeps its flags)",
              f"(unit {UNIT_PATH} as `invoke render` writes it); systemctl daemon-reload",
-             lambda: install(files, ["systemctl daemon-reload"]))
+             partial(install, files, ["systemctl daemon-reload"]))
     return joined
+
+
+# etcd refuses a membership change until every started member has been connected for a few seconds
+# (--strict-reconfig-check): right after members start, "unhealthy cluster" means "ask again shortly".
+_NOT_YET = ("unhealthy cluster", "not enough started members", "re-configuration failed")
+
+
+def _reconfigure(ctx: Context, via: Node, command: str, what: str) -> str:
+    """Run a member add/remove on ``via``, retrying while etcd says the cluster is not ready for it."""
+    t0 = time.monotonic()
+    r = ctx.connector(ctx.inv, via)
+    try:
+        while True:
+            out = r.run(command, check=False, timeout=int(ctx.timeout))
+            said = (out.stdout + out.stderr).strip()
+            if out.ok:
+                return out.stdout
+            if not any(s in said for s in _NOT_YET) or time.monotonic() - t0 > ctx.timeout:
+                last = (said.splitlines() or ["no output"])[-1]
+                raise HardwayError(f"{via.name}: etcdctl {what}: {last}")
+            procedure.sleep(0.5)
+    finally:
+        r.close()
 
 
 def _wait_joined(ctx: Context, via: Node, node: Node, endpoints: str, learner: bool, joined: Joined) -> None:

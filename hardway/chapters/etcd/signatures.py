@@ -23,8 +23,7 @@ SIGNATURES: tuple[Signature, ...] = (
               "a certificate lacks the name or address it is reached at (a SAN missing, often after an "
               "address change)",
               "`invoke rotate-certs` (reissues what the address change affects and restarts the members)"),
-    Signature("no-leader", r"etcdserver: no leader|lost leader|failed to send out heartbeat on time|"
-              r"election timeout",
+    Signature("no-leader", r"etcdserver: no leader|failed to send out heartbeat on time|election timeout",
               "members lose their leader: no quorum, an overloaded leader or a disk too slow for the election "
               "timeout", "see the quorum and disk-fsync results; put {data_dir} on an SSD", about_peers=True),
     Signature("slow-disk", r"sync duration of .* expected less than 1s|slow fdatasync|apply request took too long",
