@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from hardway.chapters.etcd import ids
@@ -71,6 +70,10 @@ class FakeEtcd:
     broken: set[str] = field(default_factory=set)  # nodes whose etcd never becomes healthy
     polls: dict[str, int] = field(default_factory=dict)
     next_id: int = 0xA000
+    uploaded: dict[str, str] = field(default_factory=dict)  # "node:path" -> the upload command
+    restored: dict[str, tuple[int, int, str, str]] = field(default_factory=dict)  # node -> restored identity
+    before: tuple | None = None  # membership before the first swap (a failed restore puts it back)
+    tools: list[str] = field(default_factory=list)  # which binary each restore ran
 
     def __post_init__(self) -> None:
         self.cluster_id = ids.expected_cluster_id(self.inv)
@@ -192,8 +195,17 @@ class FakeEtcd:
         node.on(r"etcdctl .* member add ", lambda cmd: self._add(cmd))
         node.on(r"etcdctl .* member promote ([0-9a-f]+)$", lambda cmd: self._promote(cmd))
         node.on(r"etcdctl .* move-leader ([0-9a-f]+)$", lambda cmd: self._move_leader(cmd))
-        node.on(r"-exec mv -t \"\$d\" \{\} \+$", lambda cmd: self._move_aside(name, cmd))
-        node.on(r"\.removed-\d+ \]", lambda cmd: self._move_back(name, cmd))
+        node.on(r"\.restoring-\d+/member ", lambda cmd: self._swap(name, cmd))
+        node.on(r"^if \[ -d \S+\.removed-\d+ \]; then mkdir -p \S+\.restoring", lambda cmd: self._unswap(name, cmd))
+        node.on(r"-exec mv -t \"\$d\" \{\} \+(; fi)?$", lambda cmd: self._move_aside(name, cmd))
+        node.on(r"^\[ -d \S+\.removed-\d+ \]", lambda cmd: self._move_back(name, cmd))
+        node.on(r"snapshot save (\S+)$", lambda cmd: self._save(name, cmd))
+        node.on(r"snapshot status (\S+) -w json$", lambda cmd: self._status(name, cmd))
+        node.on(r"get '' --prefix --keys-only --limit=1", lambda cmd: self._count(cmd))
+        node.on(r"^sha256sum (\S+)$", lambda cmd: self._sha(name, cmd))
+        node.on(r"^rm -f -- (\S+)( \S+)?$", lambda cmd: self._rm(name, cmd))
+        node.on(r"cat > \S+\.part && ", lambda cmd: self._upload(name, cmd))
+        node.on(r"snapshot restore (\S+) --name", lambda cmd: self._restore(name, cmd))
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -231,7 +243,9 @@ class FakeEtcd:
         return CommandResult(cmd, 0, "Leadership transferred\n", "")
 
     def _move_aside(self, name: str, cmd: str) -> CommandResult:
-        aside = shlex.split(cmd.split(";")[0].split("=", 1)[1])[0]
+        aside = re.search(r"d=(\S+);", cmd).group(1)  # type: ignore[union-attr]
+        if self.data[name] is None and not self.clutter.get(name):
+            return CommandResult(cmd, 0, "", "")  # an empty data dir: the `if` skips it
         self.aside[f"{name}:{aside}"] = self.data[name]
         self.data[name] = None
         self.clutter[name] = []
@@ -240,6 +254,71 @@ class FakeEtcd:
     def _move_back(self, name: str, cmd: str) -> CommandResult:
         aside = re.search(r"\[ -d (\S+) \]", cmd).group(1)  # type: ignore[union-attr]
         self.data[name] = self.aside.pop(f"{name}:{aside}")
+        return CommandResult(cmd, 0, "", "")
+
+
+    # --- snapshots and restores ------------------------------------------------------------------
+
+    def _save(self, name: str, cmd: str) -> CommandResult:
+        path = re.search(r"snapshot save (\S+)$", cmd).group(1)  # type: ignore[union-attr]
+        if not self.serving(name):
+            return CommandResult(cmd, 1, "", "Error: context deadline exceeded")
+        self.node(name).blobs[path] = json.dumps({"revision": self.revision, "keys": self.keys}).encode()
+        return CommandResult(cmd, 0, f"Snapshot saved at {path}\n", "")
+
+    def _status(self, name: str, cmd: str) -> CommandResult:
+        path = re.search(r"snapshot status (\S+) -w json$", cmd).group(1)  # type: ignore[union-attr]
+        doc = json.loads(self.node(name).blobs[path])
+        return CommandResult(cmd, 0, json.dumps({"hash": 7, "revision": doc["revision"],
+                                                 "totalKey": len(doc["keys"]) + 20, "totalSize": 4096}) + "\n", "")
+
+    def _count(self, cmd: str) -> CommandResult:
+        return CommandResult(cmd, 0, json.dumps({"header": {"revision": self.revision}, "count": len(self.keys),
+                                                 "more": len(self.keys) > 1}) + "\n", "")
+
+    def _sha(self, name: str, cmd: str) -> CommandResult:
+        import hashlib
+
+        path = cmd.split()[-1]
+        return CommandResult(cmd, 0, f"{hashlib.sha256(self.node(name).blobs[path]).hexdigest()}  {path}\n", "")
+
+    def _rm(self, name: str, cmd: str) -> CommandResult:
+        for path in cmd.split()[3:]:
+            self.node(name).blobs.pop(path, None)
+            self.uploaded.pop(f"{name}:{path}", None)
+        return CommandResult(cmd, 0, "", "")
+
+    def _upload(self, name: str, cmd: str) -> CommandResult:
+        path = re.search(r"&& mv \S+ (\S+)$", cmd).group(1)  # type: ignore[union-attr]
+        self.uploaded[f"{name}:{path}"] = cmd
+        return CommandResult(cmd, 0, "", "")
+
+    def _restore(self, name: str, cmd: str) -> CommandResult:
+        m = re.search(r"--initial-cluster (\S+) --initial-cluster-token (\S+) .*--data-dir (\S+)$", cmd)
+        assert m is not None, cmd
+        urls = [pair.split("=", 1)[1] for pair in m.group(1).split(",")]
+        mids = {u: ids.member_id([u], m.group(2)) for u in urls}
+        self.restored[name] = (mids[self.url(name)], ids.cluster_id(list(mids.values())), m.group(1), m.group(2))
+        self.tools.append(cmd.split(" snapshot restore")[0])
+        return CommandResult(cmd, 0, "", "")
+
+    def _swap(self, name: str, cmd: str) -> CommandResult:
+        member, cluster, initial, token = self.restored.pop(name)
+        aside = re.search(r"d=(\S+);", cmd).group(1)  # type: ignore[union-attr]
+        self.aside[f"{name}:{aside}"] = self.data[name]
+        self.before = self.before or (list(self.members), self.cluster_id, self.leader)
+        self.data[name] = (member, cluster)
+        pairs = [p.split("=", 1) for p in initial.split(",")]
+        self.members = [{"ID": ids.member_id([u], token), "name": n, "peerURLs": [u]} for n, u in pairs]
+        self.cluster_id, self.leader = cluster, self.members[0]["ID"]
+        return CommandResult(cmd, 0, "", "")
+
+    def _unswap(self, name: str, cmd: str) -> CommandResult:
+        aside = re.search(r"\[ -d (\S+) \]", cmd).group(1)  # type: ignore[union-attr]
+        if f"{name}:{aside}" in self.aside:
+            self.data[name] = self.aside.pop(f"{name}:{aside}")
+        if self.before is not None:
+            self.members, self.cluster_id, self.leader = self.before
         return CommandResult(cmd, 0, "", "")
 
 

@@ -224,7 +224,7 @@ class FakeRemote:
             src = fs[words[2]]
             fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime)
             return ""
-        if words[:2] == ["rm", "-rf"]:
+        if words[:2] in (["rm", "-rf"], ["rm", "-f"]):
             for target in (w for w in words[2:] if w != "--"):
                 for p in [p for p in fs if p == target or p.startswith(target + "/")]:
                     del fs[p]
@@ -243,7 +243,7 @@ class FakeRemote:
 
     def _systemctl(self, words: list[str]) -> str:
         verb = words[1]
-        units = [w for w in words[2:] if not w.startswith("-")]
+        units = [w.removesuffix(".service") for w in words[2:] if not w.startswith("-") and not w.startswith("2>")]
         services, node = self.state.services, self.state
         if verb == "start":
             for unit in units:
@@ -257,9 +257,19 @@ class FakeRemote:
                 node.restarts.append(unit)
                 node.event(f"restart {unit}")
             return ""
+        if verb == "disable":
+            for unit in units:
+                svc = services.setdefault(unit, FakeService(active=False))
+                svc.enabled = False
+                if "--now" in words:
+                    svc.active = False
+            return ""
         if verb == "enable":
             for unit in units:
-                services.setdefault(unit, FakeService(active=False)).enabled = True
+                svc = services.setdefault(unit, FakeService(active=False))
+                svc.enabled = True
+                if "--now" in words and not svc.active:
+                    services[unit] = FakeService(True, node.tick(), True)
             return ""
         if verb == "stop":
             for unit in units:

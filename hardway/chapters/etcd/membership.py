@@ -128,7 +128,7 @@ def add_join_steps(proc: Procedure, ctx: Context, view: ClusterView, node: Node,
              partial(_wait_joined, ctx, via, node, endpoints, learner, joined), final=finish)
     proc.add(node.name, "put the steady-state unit back (the running member keeps its flags)",
              f"(unit {UNIT_PATH} as `invoke render` writes it); systemctl daemon-reload",
-             partial(install, files, ["systemctl daemon-reload"]))
+             partial(install, [f for f in files if f.path == UNIT_PATH], ["systemctl daemon-reload"]))
     return joined
 
 
