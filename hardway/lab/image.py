@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardway import localfs
+from hardway.chapters import distributed_binaries, distributed_units
 from hardway.errors import HardwayError
 from hardway.lab.addresses import STATE_ROOT, LabLayout, LabNode, known_hosts_line, render_hosts, render_sshd_config
 
@@ -48,8 +49,6 @@ class NodeImage:
 
 def node_image(state_root: Path = STATE_ROOT, host_root: Path = Path("/")) -> NodeImage:
     """Decide, from the host at ``host_root``, which units to mask and which paths to hide."""
-    from hardway.chapters.registry import distributed_binaries, distributed_units
-
     # Units hardway installs itself at /etc/systemd/system/<unit>: never a /dev/null mask there
     # (an upload would write into /dev/null); the packaged unit is disabled by hiding its wants link.
     units = set(distributed_units())
