@@ -37,6 +37,7 @@ class FakeFile:
     owner: str = "root"
     group: str = "root"
     mtime: int = 0
+    ctime: int = 0
 
 
 @dataclass
@@ -97,10 +98,11 @@ class FakeNode:
     def _builtin(self, fact: Fact) -> FactOutput:
         fs = self.files
         if fact.name == "file_hashes":
-            return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in fact.args if p in fs))
+            paths = fact.args[0]
+            return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in paths if p in fs))
         if fact.name == "file_stats":
-            return FactOutput("".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {fs[p].mtime} {p}\n"
-                                      if p in fs else f"700 root root 0 {p}\n"
+            return FactOutput("".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {fs[p].mtime} {fs[p].ctime} {p}\n"
+                                      if p in fs else f"700 root root 0 0 {p}\n"
                                       for p in fact.args if p in fs or p in self.dirs))
         if fact.name == "deployed":
             return FactOutput(fs[RECORD].data.decode() if RECORD in fs else "")
@@ -215,14 +217,15 @@ class FakeRemote:
             return ""
         if words[0] == "install":
             mode, owner, group, src, dst = int(words[2], 8), words[4], words[6], words[7], words[8]
-            fs[dst] = FakeFile(fs[src].data, mode, owner, group, node.tick())
+            now = node.tick()
+            fs[dst] = FakeFile(fs[src].data, mode, owner, group, now, now)
             return ""
         if words[:2] == ["mv", "-f"]:
             fs[words[3]] = fs.pop(words[2])
             return ""
         if words[:2] == ["cp", "-a"]:
             src = fs[words[2]]
-            fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime)
+            fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime, node.tick())
             return ""
         if words[:2] in (["rm", "-rf"], ["rm", "-f"]):
             for target in (w for w in words[2:] if w != "--"):
@@ -237,6 +240,9 @@ class FakeRemote:
         if words[0] == "chmod":
             fs[words[2]].mode = int(words[1], 8)
             return ""
+        if words[:3] == ["touch", "-m", "-d"]:  # `touch -m -d @EPOCH path`
+            fs[words[4]].mtime, fs[words[4]].ctime = int(words[3].lstrip("@")), node.tick()
+            return ""
         if words[0] == "true":
             return ""
         raise AssertionError(f"the fake has no handler for {part!r}")
@@ -245,17 +251,11 @@ class FakeRemote:
         verb = words[1]
         units = [w.removesuffix(".service") for w in words[2:] if not w.startswith("-") and not w.startswith("2>")]
         services, node = self.state.services, self.state
-        if verb == "start":
+        if verb in ("start", "restart"):
             for unit in units:
                 services[unit] = FakeService(True, node.tick(), services.get(unit, FakeService()).enabled)
-                node.starts.append(unit)
-                node.event(f"start {unit}")
-            return ""
-        if verb == "restart":
-            for unit in units:
-                services[unit] = FakeService(True, node.tick(), services.get(unit, FakeService()).enabled)
-                node.restarts.append(unit)
-                node.event(f"restart {unit}")
+                (node.starts if verb == "start" else node.restarts).append(unit)
+                node.event(f"{verb} {unit}")
             return ""
         if verb == "disable":
             for unit in units:

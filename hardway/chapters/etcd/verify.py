@@ -21,7 +21,7 @@ from hardway.chapters.etcd.preflight import fsync_finding, fsync_p99
 from hardway.chapters.etcd.signatures import SIGNATURES
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
 from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint
-from hardway.files import File
+from hardway.files import File, stamps
 from hardway.inventory import Inventory, Node
 from hardway.remote import Remote
 from hardway.signatures import shorten
@@ -65,7 +65,7 @@ class MemberFacts:
 def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
     """Everything verify needs from one member, in one round trip (plus one if the unit names extra files)."""
     paths = [x.path for x in files]
-    hashes, stats = file_hashes(paths), file_stats(paths)
+    hashes, stats = file_hashes(paths, stamps(files)), file_stats(paths)
     lint, journal, fsync = unit_lint([UNIT_PATH]), journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir)
     put = write(inv, r.node)
     v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), fsync, put], timeout=60)
