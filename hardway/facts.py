@@ -67,7 +67,8 @@ class FactValues:
         return FactValues({**self._values, **other._values})
 
 
-def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None) -> FactValues:
+def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None, *, parallel: bool = False,
+           ) -> FactValues:
     """Ask ``remote`` (a hardway.remote.Remote) every fact in one round trip and parse the answers.
 
     A parser that cannot read an answer raises HardwayError naming node and fact: it means the
@@ -76,7 +77,7 @@ def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None) 
     unique = list({f.key: f for f in facts}.values())
     if not unique:
         return FactValues({})
-    raw = remote.gather(unique, timeout=timeout)
+    raw = remote.gather(unique, timeout=timeout, parallel=True) if parallel else remote.gather(unique, timeout=timeout)
     values: dict[str, Any] = {}
     for f in unique:
         out = raw.get(f.key, FactOutput("", 255))

@@ -53,8 +53,10 @@ class Remote(Protocol):
 
     def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> CommandResult: ...
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
-        """Raw output of every fact (keyed by ``Fact.key``), in one round trip."""
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
+        """Raw output of every fact (keyed by ``Fact.key``), in one round trip; ``parallel``: the facts'
+        commands run at the same time on the node (for client calls that each wait on the network)."""
         ...
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
@@ -108,6 +110,18 @@ def sections_script(sections: dict[str, str]) -> str:
     """
     return "; ".join(f"echo '{_MARK} {key}'; ( {cmd.rstrip('; ')}\n) 2>&1; printf '\\n{_MARK} rc %d\\n' $?"
                      for key, cmd in sections.items())
+
+
+def parallel_sections_script(sections: dict[str, str]) -> str:
+    """``sections_script``, but every section runs at once, each into its own file in a private temp
+    dir; the outputs are then printed in order with the same markers (so one parser reads both).
+    For commands that mostly wait (etcdctl: a process start and a TLS handshake each), never for
+    measurements that other work would disturb (the fsync probe)."""
+    run = [f"{{ ( {cmd.rstrip('; ')}\n) >\"$d/{i}\" 2>&1; echo $? >\"$d/{i}.rc\"; }} &"
+           for i, cmd in enumerate(sections.values())]
+    show = [f"echo '{_MARK} {key}'; cat \"$d/{i}\"; printf '\\n{_MARK} rc %d\\n' \"$(cat \"$d/{i}.rc\")\""
+            for i, key in enumerate(sections)]
+    return "\n".join(["d=$(mktemp -d)", "trap 'rm -rf \"$d\"' EXIT", *run, "wait", *show])
 
 
 def parse_sections(out: str, keys: Sequence[str]) -> dict[str, FactOutput]:
@@ -178,10 +192,12 @@ class SSHRemote:
             )
         return result
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
         # Every exec is a round trip and a session on the node: facts travel together.
         sections = {f.key: f.shell for f in facts}
-        out = self.run(sections_script(sections), check=False, timeout=timeout).stdout
+        script = parallel_sections_script(sections) if parallel else sections_script(sections)
+        out = self.run(script, check=False, timeout=timeout).stdout
         return parse_sections(out, list(sections))
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
@@ -285,8 +301,9 @@ class _Borrowed:
     def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> CommandResult:
         return self._inner.run(command, check=check, timeout=timeout)
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
-        return self._inner.gather(facts, timeout=timeout)
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
+        return self._inner.gather(facts, timeout=timeout, parallel=parallel)
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
         return self._inner.feed(command, write, timeout=timeout)

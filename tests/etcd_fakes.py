@@ -199,7 +199,7 @@ class FakeEtcd:
         node.on(r"^if \[ -d \S+\.removed-\d+ \]; then mkdir -p \S+\.restoring", lambda cmd: self._unswap(name, cmd))
         node.on(r"-exec mv -t \"\$d\" \{\} \+(; fi)?$", lambda cmd: self._move_aside(name, cmd))
         node.on(r"^\[ -d \S+\.removed-\d+ \]", lambda cmd: self._move_back(name, cmd))
-        node.on(r"snapshot save (\S+)$", lambda cmd: self._save(name, cmd))
+        node.on(r"snapshot save (\S+)( >/dev/null && st=.*)?$", lambda cmd: self._save(name, cmd))
         node.on(r"snapshot status (\S+) -w json$", lambda cmd: self._status(name, cmd))
         node.on(r"get '' --prefix --keys-only --limit=1", lambda cmd: self._count(cmd))
         node.on(r"^sha256sum (\S+)$", lambda cmd: self._sha(name, cmd))
@@ -260,11 +260,17 @@ class FakeEtcd:
     # --- snapshots and restores ------------------------------------------------------------------
 
     def _save(self, name: str, cmd: str) -> CommandResult:
-        path = re.search(r"snapshot save (\S+)$", cmd).group(1)  # type: ignore[union-attr]
+        """`snapshot save` alone, or followed (hardway's one exec) by status, key count and sha256."""
+        path = re.search(r"snapshot save (\S+)", cmd).group(1)  # type: ignore[union-attr]
         if not self.serving(name):
             return CommandResult(cmd, 1, "", "Error: context deadline exceeded")
         self.node(name).blobs[path] = json.dumps({"revision": self.revision, "keys": self.keys}).encode()
-        return CommandResult(cmd, 0, f"Snapshot saved at {path}\n", "")
+        if "snapshot status" not in cmd:
+            return CommandResult(cmd, 0, f"Snapshot saved at {path}\n", "")
+        self.tools.append(cmd.split("st=$(")[1].split(" snapshot status")[0])
+        out = [self._status(name, f"snapshot status {path} -w json").stdout, self._count(cmd).stdout,
+               self._sha(name, f"sha256sum {path}").stdout]
+        return CommandResult(cmd, 0, "".join(out), "")
 
     def _status(self, name: str, cmd: str) -> CommandResult:
         path = re.search(r"snapshot status (\S+) -w json$", cmd).group(1)  # type: ignore[union-attr]

@@ -143,7 +143,8 @@ class FakeRemote:
             raise RemoteError(f"{self.node.name}: `{command}` exited {result.exit_code}: {result.stderr.strip()}")
         return result
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
         for f in facts:
             self.state.event(f"gather {f.name}")
         return {f.key: self.state.answer(f) for f in facts}

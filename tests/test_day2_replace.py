@@ -257,3 +257,26 @@ def test_bootstrap_joins_a_controller_with_an_empty_data_dir_as_a_new_member(lab
     assert etcd.data["controller-0"] == (new["ID"], etcd.cluster_id)
     assert not [r for r in report.results if r.status == "fail"], [r for r in report.results if r.status == "fail"]
     assert ids.expected_member_id(inv, inv.controllers[0]) == old
+
+
+def test_a_joining_member_whose_announcement_was_lost_is_restarted_once(lab_like, monkeypatch) -> None:
+    """etcd 3.4 can lose a new member's first "publish" and retries it only after 7 s: hardway restarts
+    the member once instead (a restart publishes at once)."""
+    from hardway.chapters.etcd import membership
+
+    monkeypatch.setattr(membership, "PUBLISH_GRACE_S", 0.0)
+    inv, state = lab_like
+    cluster, etcd = running(inv)
+    node = cluster["controller-1"]
+    real_serving = etcd.serving
+
+    def stuck_until_restarted(name):  # the member got its data but never announced itself
+        return real_serving(name) and (name != "controller-1" or bool(node.restarts))
+
+    etcd.serving = stuck_until_restarted  # type: ignore[method-assign]
+    node.facts["unit_states"] = lambda f, n: (
+        "Id=etcd.service\nActiveState=" + ("active" if n.restarts or not n.starts else "activating") +
+        "\nActiveEnterTimestamp=@1\nUnitFileState=enabled\nMainPID=7\n")
+    r = replace.replace(ctx_for(inv, state, cluster), "controller-1")
+    assert r.joined.republished and node.restarts == ["etcd"]
+    assert "restarted once: its first announcement was lost" in r.summary()

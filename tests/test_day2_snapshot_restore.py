@@ -29,6 +29,13 @@ def take(inv, state, cluster: FakeCluster, out: Path) -> snapshot.Snapshot:
     return snapshot.snapshot(ctx_for(inv, state, cluster), out)[1]
 
 
+def test_snapshot_status_uses_etcdutl_on_36(lab_like, tmp_path) -> None:
+    inv, state = lab_like
+    cluster, etcd = running(inv, release="3.6", etcdutl=True)
+    take(inv, state, cluster, tmp_path)
+    assert etcd.tools == ["/usr/local/bin/etcdutl"]
+
+
 def test_a_snapshot_comes_from_a_follower_and_lands_0600_with_its_sha256_and_status(lab_like, tmp_path) -> None:
     inv, state = lab_like
     cluster, etcd = running(inv)
@@ -46,7 +53,7 @@ def test_a_snapshot_comes_from_a_follower_and_lands_0600_with_its_sha256_and_sta
     assert meta["member"] != "controller-0", "taken from a follower"
     member = meta["member"]
     assert ran(cluster, member, r"snapshot save /var/lib/hardway/snapshots/")
-    assert ran(cluster, member, r"get '' --prefix --keys-only --limit=1 --rev=42 -w json")
+    assert ran(cluster, member, r"get '' --prefix --keys-only --limit=1 -w json --rev=\"\$rev\" && sha256sum ")
     assert cluster[member].blobs == {}, "the node's copy is removed"
 
 
@@ -62,9 +69,9 @@ def test_no_snapshot_without_a_serving_member(lab_like, tmp_path) -> None:
 
 def test_a_transfer_that_does_not_match_the_nodes_sha256_leaves_no_file(lab_like, tmp_path) -> None:
     inv, state = lab_like
-    cluster, _etcd = running(inv)
-    for name in ("controller-0", "controller-1", "controller-2"):
-        cluster[name].handlers.insert(0, (re.compile(r"^sha256sum "), lambda cmd: "0" * 64 + "  x\n"))
+    cluster, etcd = running(inv)
+    real = etcd._sha
+    etcd._sha = lambda name, cmd: type(real(name, cmd))(cmd, 0, "0" * 64 + "  x\n", "")  # type: ignore[method-assign]
     with pytest.raises(HardwayError, match=r"the transfer was damaged; run `invoke etcd\.snapshot` again"):
         take(inv, state, cluster, tmp_path / "b")
     assert [p.name for p in (tmp_path / "b").iterdir()] == []
@@ -108,6 +115,7 @@ def test_restore_on_35_uses_etcdutl(lab_like, tmp_path) -> None:
     inv, state = lab_like
     cluster, etcd, snap = snapshot_of(inv, state, tmp_path)
     etcd.release, etcd.etcdutl = "3.5", True
+    etcd.tools.clear()
     restore.restore(ctx_for(inv, state, cluster), snap.path)
     assert set(etcd.tools) == {"/usr/local/bin/etcdutl"}
 

@@ -46,7 +46,8 @@ class Replacement:
     def summary(self) -> str:
         member = f"{self.joined.member_id:x}" if self.joined.member_id else "?"
         moved = f"; old data in {self.aside}" if self.aside else ""
-        return f"etcd.replace {self.node}: member {member} joined and in sync in {self.seconds:.1f}s{moved}"
+        again = " (restarted once: its first announcement was lost)" if self.joined.republished else ""
+        return f"etcd.replace {self.node}: member {member} joined and in sync in {self.seconds:.1f}s{again}{moved}"
 
 
 def guard(ctx: Context, view: ClusterView, name: str) -> tuple[int, int]:

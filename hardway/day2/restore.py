@@ -36,12 +36,12 @@ from hardway.chapters.etcd.cluster import ClusterView, gather_view
 from hardway.chapters.etcd.files import UNIT
 from hardway.day2.snapshot import NODE_DIR, Snapshot, live_keys, load, parse_count
 from hardway.errors import HardwayError
-from hardway.facts import gather, unit_states
+from hardway.facts import unit_states
 from hardway.inventory import Node
 from hardway.procedure import Procedure
 from hardway.remote import Remote
 
-POLL_S = 0.3
+POLL_S = 0.1
 
 
 def dependents(ctx: Context, node: Node) -> tuple[str, ...]:
@@ -71,18 +71,15 @@ def _stream(path: Path) -> Callable[[BinaryIO], None]:
 def plan(ctx: Context, path: Path, view: ClusterView | None = None) -> tuple[Procedure, Snapshot]:
     inv = ctx.inv
     snap = load(path)  # sha256 first: a damaged file never reaches a node
-    view = view or gather_view(inv, ctx.connector)
+    view = view or gather_view(inv, ctx.connector, extra=lambda n: [unit_states(dependents(ctx, n))])
     if view.unreachable:
         names = ", ".join(v.node.name for v in view.unreachable)
         raise HardwayError(f"a restore rewrites every member, but {names} cannot be reached "
                            f"({view.unreachable[0].error}); start the machine or fix SSH, then re-run (nothing was "
                            "changed)")
     tools = {n.name: view[n.name].release.snapshot_tool(n.name) for n in inv.controllers}
-    held = dict(zip([n.name for n in inv.controllers], remote.fan_out(
-        inv, inv.controllers, lambda r: gather(r, [unit_states(dependents(ctx, r.node))]),
-        connector=ctx.connector), strict=True))
-    running = {n: tuple(u for u, st in o.value[unit_states(dependents(ctx, o.node))].items() if st.active == "active")
-               for n, o in held.items() if o.ok and o.value is not None}
+    running = {n.name: tuple(u for u, st in view[n.name].extra.get(unit_states(dependents(ctx, n)).key, {}).items()
+                             if st.active == "active") for n in inv.controllers}
     stamp = time.strftime("%Y%m%d%H%M%S")
     token = f"{inv.cluster_name}-restore-{stamp}"
     cluster = ",".join(f"{c.name}={inv.etcd_peer_url(c)}" for c in inv.controllers)
@@ -121,7 +118,17 @@ def plan(ctx: Context, path: Path, view: ClusterView | None = None) -> tuple[Pro
         on_all(lambda n: f"systemctl reset-failed {UNIT} 2>/dev/null; systemctl start --no-block {UNIT}")()
         _wait_serving(ctx, None)
 
-    proc.add(everyone, "stop etcd", f"systemctl stop {UNIT}", on_all(lambda n: f"systemctl stop {UNIT}"),
+    # followers first, then the leader: a leader stopped together with its followers waits out a
+    # leadership transfer nobody can take (measured: 7 s); alone, with no follower left, it stops at once
+    leader = next((v.node for v in view.in_cluster if view.leader and v.member_id == view.leader), None)
+    followers = [n for n in inv.controllers if n != leader]
+
+    def stop_all() -> None:
+        on_all(lambda n: f"systemctl stop {UNIT}", followers)()
+        if leader is not None:
+            on_all(lambda n: f"systemctl stop {UNIT}", [leader])()
+
+    proc.add(everyone, "stop etcd (the followers, then the leader)", f"systemctl stop {UNIT}", stop_all,
              undo=start_old, undo_text="invoke bootstrap-etcd")
 
     def restore_cmd(n: Node) -> str:
@@ -134,10 +141,10 @@ def plan(ctx: Context, path: Path, view: ClusterView | None = None) -> tuple[Pro
                  inv.etcd_peer_url(inv.controllers[0]), "<peer URL>"), on_all(restore_cmd),
              undo=on_all(lambda n: f"rm -rf -- {restoring}"), undo_text=f"rm -rf {restoring}")
     swap = (f"mkdir -p -m 0700 {d} && {datadir.move_aside(d, stamp)} && mv {restoring}/member {d}/member && "
-            f"rmdir {restoring}")
+            f"rmdir {restoring} && rm -f -- {q}")  # the uploaded snapshot is done with
     unswap = (f"if [ -d {aside} ]; then mkdir -p {restoring} && {{ [ ! -d {d}/member ] || mv {d}/member "
               f"{restoring}/member; }} && {datadir.move_back(d, stamp)}; fi")
-    proc.add(everyone, f"move the old data aside to {aside}, the restored member into {d}", swap,
+    proc.add(everyone, f"move the old data aside to {aside}, the restored member into {d} (the upload removed)", swap,
              on_all(lambda n: swap), undo=on_all(lambda n: unswap), undo_text=unswap)
     proc.add(everyone, "start every member at once", f"systemctl start --no-block {UNIT}",
              on_all(lambda n: f"systemctl reset-failed {UNIT} 2>/dev/null; systemctl start --no-block {UNIT}"),
@@ -149,7 +156,6 @@ def plan(ctx: Context, path: Path, view: ClusterView | None = None) -> tuple[Pro
     if users:
         proc.add(", ".join(users), "start again what uses etcd", "systemctl start " + " ".join(names),
                  on_all(lambda n: "systemctl start --no-block " + " ".join(users[n.name]), targets))
-    proc.add(everyone, "remove the uploaded snapshot", f"rm -f -- {q}", on_all(lambda n: f"rm -f -- {q}"))
     return proc, snap
 
 
@@ -158,7 +164,7 @@ def _wait_serving(ctx: Context, want: int | None) -> ClusterView:
     t0 = time.monotonic()
     view = None
     while time.monotonic() - t0 < ctx.timeout:
-        view = gather_view(ctx.inv, ctx.connector)
+        view = gather_view(ctx.inv, ctx.connector, data=False, release=False)
         leaders = {v.leader for v in view.in_cluster}
         members = view.members or []
         if len(view.in_cluster) == len(ctx.inv.controllers) and len(leaders) == 1 and None not in leaders and \

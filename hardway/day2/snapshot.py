@@ -83,7 +83,7 @@ def pick_member(view: ClusterView) -> MemberView:
 
 def plan(ctx: Context, out_dir: Path | None = None, view: ClusterView | None = None) -> tuple[Procedure, Snapshot]:
     inv = ctx.inv
-    view = view or gather_view(inv, ctx.connector)
+    view = view or gather_view(inv, ctx.connector, data=False)
     chosen = pick_member(view)
     node = chosen.node
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -93,24 +93,28 @@ def plan(ctx: Context, out_dir: Path | None = None, view: ClusterView | None = N
     on_node = f"{NODE_DIR}/{name}"
     q = shlex.quote(on_node)
     tool = chosen.release.snapshot_tool(node.name)
-    save = f"install -d -m 0700 {NODE_DIR} && umask 077 && {ctl(inv, node, f'snapshot save {q}', timeout='300s')}"
-    status = f"{tool} snapshot status {q} -w json"
-    digest = f"sha256sum {q}"
+    # one exec: save, then what the file holds (revision, keys in the backend), the live key count at
+    # that revision, and the file's sha256
+    save = (f"install -d -m 0700 {NODE_DIR} && umask 077 && "
+            f"{ctl(inv, node, f'snapshot save {q}', timeout='300s')} >/dev/null && "
+            f"st=$({tool} snapshot status {q} -w json) && echo \"$st\" && "
+            "rev=$(echo \"$st\" | sed -n 's/.*\"revision\":\\([0-9]*\\).*/\\1/p') && "
+            f"{live_keys(inv, node)} --rev=\"$rev\" && sha256sum {q}")
     proc = Procedure(f"etcd.snapshot of {inv.cluster_name}", ctx.progress)
     role = "a follower" if chosen.member_id != view.leader else "the leader (no follower serves)"
     proc.notes.append(f"from {node.name}, {role}; etcd {chosen.release.dotted}")
     facts: dict = {}
+    cleanup = f"rm -f -- {q}"
 
     def do_save() -> None:
-        run_on(ctx, node, save, timeout=max(ctx.timeout, 300))
-
-    def do_describe() -> None:
-        st = json_answer(FactOutput(run_on(ctx, node, status).stdout))
-        if not isinstance(st, dict) or "revision" not in st:
-            raise HardwayError(f"{node.name}: `snapshot status` gave no revision for {on_node}")
+        out = run_on(ctx, node, save, timeout=max(ctx.timeout, 300)).stdout.strip().splitlines()
+        docs = [d for d in (json_answer(FactOutput(line)) for line in out) if isinstance(d, dict)]
+        st = next((d for d in docs if "totalKey" in d), None)
+        if st is None or "revision" not in st or not out or len(out[-1].split()) != 2:
+            raise HardwayError(f"{node.name}: `snapshot save` and `snapshot status` gave no revision for {on_node}")
         facts.update(st)
-        facts["count"] = parse_count(run_on(ctx, node, live_keys(inv, node, int(st["revision"]))).stdout)
-        facts["sha256"] = run_on(ctx, node, digest).stdout.split()[0]
+        facts["count"] = parse_count(json.dumps(next((d for d in docs if "header" in d), {})))
+        facts["sha256"] = out[-1].split()[0]
 
     def do_copy() -> None:
         localfs.private_dir(out_dir)
@@ -127,6 +131,7 @@ def plan(ctx: Context, out_dir: Path | None = None, view: ClusterView | None = N
                     raise HardwayError(f"the copy of {on_node} from {node.name} has sha256 {h.hexdigest()[:16]}…, "
                                        f"the node computed {facts['sha256'][:16]}…: the transfer was damaged; "
                                        "run `invoke etcd.snapshot` again")
+            r.run(cleanup)  # the node's copy is done with once the jumpbox holds a checked one
         finally:
             r.close()
         snap.sha256 = h.hexdigest()
@@ -144,15 +149,11 @@ def plan(ctx: Context, out_dir: Path | None = None, view: ClusterView | None = N
         for p in (snap.path, snap.sha256_path, snap.meta_path):
             p.unlink(missing_ok=True)
 
-    cleanup = f"rm -f -- {q}"
-    proc.add(node.name, "snapshot save (into hardway's 0700 dir on the node)", save, do_save,
-             undo=partial(run_on, ctx, node, cleanup), undo_text=cleanup)
-    proc.add(node.name, "read its revision and live key count, and its sha256", f"{status}\n{live_keys(inv, node)}"
-             f" --rev=<revision>\n{digest}", do_describe)
-    proc.add("jumpbox", f"copy it to {snap.path} (0600) and check the sha256", f"(ssh {node.name}) cat {q}", do_copy,
-             undo=drop_partial, undo_text=f"rm -f {snap.path}*")
+    proc.add(node.name, "snapshot save (into hardway's 0700 dir on the node), its revision, key count and sha256",
+             save, do_save, undo=partial(run_on, ctx, node, cleanup), undo_text=cleanup)
+    proc.add("jumpbox", f"copy it to {snap.path} (0600), check the sha256, remove the node's copy",
+             f"(ssh {node.name}) cat {q}\n{cleanup}", do_copy, undo=drop_partial, undo_text=f"rm -f {snap.path}*")
     proc.add("jumpbox", f"record {snap.sha256_path.name} and {snap.meta_path.name} beside it", "", do_record)
-    proc.add(node.name, "remove the node's copy", cleanup, partial(run_on, ctx, node, cleanup))
     return proc, snap
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hardway import remote
@@ -68,9 +68,11 @@ def members(inv: Inventory, node: Node) -> Fact[object | None]:
 STATE = unit_states((UNIT,))
 
 
-def facts(inv: Inventory, node: Node) -> list[Fact]:
-    """What one controller says about itself and the cluster, for one gather."""
-    return [STATE, health(inv, node), status(inv, node), members(inv, node), RELEASE, *datadir.facts(inv)]
+def facts(inv: Inventory, node: Node, *, data: bool = True, release: bool = True) -> list[Fact]:
+    """What one controller says about itself and the cluster, for one gather (without its data dir's
+    identity or its etcd release when the caller needs neither: a poll)."""
+    return [STATE, health(inv, node), status(inv, node), members(inv, node), *([RELEASE] if release else []),
+            *(datadir.facts(inv) if data else [])]
 
 
 # --- the view ----------------------------------------------------------------------------------
@@ -113,6 +115,7 @@ class MemberView:
     release: EtcdRelease = field(default_factory=lambda: EtcdRelease(None))
     data: datadir.DataDir = field(default_factory=datadir.DataDir)
     error: str | None = None  # the node could not be asked at all
+    extra: dict = field(default_factory=dict)  # gather_view's extra facts, by Fact.key
 
     @property
     def reachable(self) -> bool:
@@ -140,11 +143,13 @@ def view_from(inv: Inventory, node: Node, values: Mapping) -> MemberView:
     """Pure: a MemberView from a gather of ``facts(inv, node)``."""
     st = values[status(inv, node)]
     healthy, text = values[health(inv, node)]
+    entries, _ = datadir.facts(inv)
     return MemberView(
         node=node, active=values[STATE][UNIT].active, healthy=healthy, health=text,
         status=st[0].get("Status") if isinstance(st, list) and st and isinstance(st[0], dict) else None,
-        members=parse_members(values[members(inv, node)]), release=values[RELEASE],
-        data=datadir.read(values, inv))
+        members=parse_members(values[members(inv, node)]),
+        release=values[RELEASE] if RELEASE in values else EtcdRelease(None),
+        data=datadir.read(values, inv) if entries in values else datadir.DataDir())
 
 
 def quorum(members: int) -> int:
@@ -212,12 +217,20 @@ class ClusterView:
         return next((v.release for v in self.views.values() if v.release.known), EtcdRelease(None))
 
 
-def gather_view(inv: Inventory, connector: Connector, nodes: Sequence[Node] | None = None) -> ClusterView:
-    """Ask every controller at once; unreachable ones are views with ``error`` set."""
+def gather_view(inv: Inventory, connector: Connector, nodes: Sequence[Node] | None = None,
+                extra: Callable[[Node], Sequence[Fact]] | None = None, *, data: bool = True,
+                release: bool = True) -> ClusterView:
+    """Ask every controller at once (and on each, its etcdctl calls at once); unreachable ones are
+    views with ``error`` set. ``extra``: more facts per node for the same round trip, their values
+    kept in ``MemberView.extra``."""
     nodes = inv.controllers if nodes is None else nodes
 
     def ask(r: remote.Remote) -> MemberView:
-        return view_from(inv, r.node, gather(r, facts(inv, r.node), timeout=30))
+        more = list(extra(r.node)) if extra else []
+        values = gather(r, [*facts(inv, r.node, data=data, release=release), *more], timeout=30, parallel=True)
+        view = view_from(inv, r.node, values)
+        view.extra = {f.key: values[f] for f in more}
+        return view
 
     views = {}
     for o in remote.fan_out(inv, nodes, ask, connector=connector):
