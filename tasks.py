@@ -377,14 +377,6 @@ def _help_asked(value, name: str, fn, helps: dict[str, str]) -> None:
     raise Exit("\n".join(lines), code=0)
 
 
-def _fetch_binaries(inv, chapter) -> None:
-    from hardway import binaries
-
-    for name in chapter.binaries:
-        if name in inv.binaries:
-            binaries.fetch(inv.binaries[name], CACHE_DIR)
-
-
 def _add_day2_tasks() -> None:
     from hardway.day2 import replace
 
@@ -399,7 +391,6 @@ def _add_day2_tasks() -> None:
         _help_asked(node, "etcd.replace NODE", etcd_replace, replace_help)
         wait = seconds(timeout, "--timeout", 90.0)
         inv = load_inventory(inventory)
-        _fetch_binaries(inv, replace.ETCD)
         with remote.Pool() as pool:
             done = replace.replace(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait), node,
                                    dry_run=dry_run)

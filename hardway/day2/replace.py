@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+from hardway import binaries
 from hardway.chapters.base import Context
 from hardway.chapters.etcd import CHAPTER as ETCD
 from hardway.chapters.etcd import apply as etcd_apply
@@ -91,6 +92,10 @@ def plan(ctx: Context, name: str, view: ClusterView | None = None) -> Replacemen
     view = view or gather_view(inv, ctx.connector)
     serving, need = guard(ctx, view, name)
     target = view[name]
+    if ctx.cache_dir is not None:  # binaries from URLs: fetched (sha256-checked) before anything changes
+        for b in ETCD.binaries:
+            if b in inv.binaries:
+                binaries.fetch(inv.binaries[b], ctx.cache_dir)
     files = ctx.files(ETCD, node)  # the member's certificates and binaries too: a replaced disk has none
     stamp = time.strftime("%Y%m%d%H%M%S")
     finish = f"invoke etcd.replace {name}"

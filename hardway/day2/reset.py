@@ -33,7 +33,7 @@ from hardway.day2.common import run_on
 from hardway.deploy import HARDWAY_DIR, RECORD, RECORD_FACT, STAGING, Deployed
 from hardway.errors import HardwayError
 from hardway.facts import file_hashes, gather
-from hardway.inventory import Node
+from hardway.inventory import Inventory, Node
 from hardway.paths import UNIT_DIR
 from hardway.procedure import Procedure
 
@@ -94,14 +94,20 @@ def remove_files_command(record: dict[str, Deployed], changed: Sequence[str], st
     return "; ".join(parts)
 
 
+def every_controller(inv: Inventory, nodes: Sequence[Node], all_controllers: bool) -> None:
+    """Refused before any node is asked: resetting every controller ends the etcd cluster."""
+    resetting = [n for n in nodes if n.is_controller]
+    if resetting and not all_controllers and len(resetting) == len(inv.controllers):
+        raise HardwayError(f"{', '.join(n.name for n in resetting)} are every controller: the etcd cluster and all "
+                           "its data go with them (moved aside); pass --all to mean it, or reset fewer")
+
+
 def guard(ctx: Context, nodes: Sequence[Node], all_controllers: bool, view: ClusterView | None) -> None:
     inv = ctx.inv
     resetting = [n for n in nodes if n.is_controller]
     if not resetting or all_controllers:
         return
-    if len(resetting) == len(inv.controllers):
-        raise HardwayError(f"{', '.join(n.name for n in resetting)} are every controller: the etcd cluster and all "
-                           "its data go with them (moved aside); pass --all to mean it, or reset fewer")
+    every_controller(inv, nodes, all_controllers)
     total = len(view.members) if view and view.members else len(inv.controllers)
     left = [v for v in (view.in_cluster if view else []) if v.node not in resetting]
     if len(left) < quorum(total - len(resetting)):
@@ -116,6 +122,7 @@ def plan(ctx: Context, names: Sequence[str], *, all_controllers: bool = False) -
     nodes = [inv.node(n) for n in dict.fromkeys(names)]  # "no node named ..." with the known names
     if not nodes:
         raise HardwayError("reset: name at least one node (NODE, or several separated by commas)")
+    every_controller(inv, nodes, all_controllers)
     view = gather_view(inv, ctx.connector) if any(n.is_controller for n in nodes) else None
     guard(ctx, nodes, all_controllers, view)
     stamp = time.strftime("%Y%m%d%H%M%S")
