@@ -414,9 +414,7 @@ def _add_day2_tasks() -> None:
         with remote.Pool() as pool:
             ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
             if schedule is not None:
-                proc = schedule_lib.plan(ctx, schedule)
-                if not dry_run:
-                    proc.run()
+                proc = schedule_lib.schedule(ctx, schedule, dry_run=dry_run)
                 print(proc.describe() + ("\ndry run: nothing was changed" if dry_run else ""))
                 return
             proc, snap = snapshot.snapshot(ctx, Path(out) if out else None, dry_run=dry_run)

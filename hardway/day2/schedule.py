@@ -119,3 +119,10 @@ def _unschedule(ctx: Context, node: Node) -> None:
                                    "rm -f -- " + " ".join(ours), "systemctl daemon-reload"])
     finally:
         r.close()
+
+
+def schedule(ctx: Context, calendar: str, *, dry_run: bool = False) -> Procedure:
+    proc = plan(ctx, calendar)
+    if not dry_run:
+        proc.run()
+    return proc
