@@ -474,18 +474,22 @@ def _add_day2_tasks() -> None:
     @task(name="diagnose", auto_shortflags=False, help={
         "inventory": INVENTORY_HELP, "pki-dir": DAY2_HELP["pki-dir"],
         "lines": "journal lines per unit (default 200)",
-        "out": "directory for the bundle (default: diagnose/<cluster> beside the PKI state dir)"})
+        "out": "directory for the bundle (default: diagnose/<cluster> beside the PKI state dir)",
+        "dry-run": "print what would be collected from each node, and collect nothing"})
     @user_errors
-    def diagnose_task(c, inventory=None, pki_dir=None, lines=None, out=None):
+    def diagnose_task(c, inventory=None, pki_dir=None, lines=None, out=None, dry_run=False):
         """Collect evidence from every node into one tarball, and print which known failures matched where."""
         from hardway import remote
         from hardway.day2 import diagnose
 
-        count = whole_number(lines, "--lines")
+        count = 200 if (n := whole_number(lines, "--lines")) is None else n
         inv = load_inventory(inventory)
         with remote.Pool() as pool:
-            bundle = diagnose.diagnose(context(inv, pki_state(inv, pki_dir), connector=pool),
-                                       lines=200 if count is None else count, out=Path(out) if out else None)
+            ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+            if dry_run:
+                print(diagnose.describe(ctx, count, Path(out) if out else None) + "\ndry run: nothing was collected")
+                return
+            bundle = diagnose.diagnose(ctx, lines=count, out=Path(out) if out else None)
         print(bundle.summary_text(), end="")
 
     ns.add_task(diagnose_task)

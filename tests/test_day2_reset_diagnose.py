@@ -236,3 +236,11 @@ def test_the_bundle_is_one_0600_tarball_with_a_summary(deployed, tmp_path) -> No
     assert any(n.endswith("worker-1/deployed.json") for n in names)
     assert "controller-0 etcd data dir: /var/lib/etcd holds member d622127685879b3c" in summary
     assert summary == bundle.summary_text()
+
+
+def test_the_diagnose_dry_run_lists_what_each_node_would_give_and_writes_nothing(deployed, tmp_path) -> None:
+    inv, state, cluster, _ = deployed
+    text = diagnose.describe(ctx_for(inv, state, cluster), 50, tmp_path)
+    assert "  [controller-0]" in text and "journal/etcd.log: $ journalctl -u etcd.service -n 50" in text
+    assert "certs.txt: $ echo '== /etc/etcd/ca.crt'; openssl x509" in text
+    assert list(tmp_path.iterdir()) == []

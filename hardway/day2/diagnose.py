@@ -257,6 +257,23 @@ def out_dir(ctx: Context) -> Path:
     return ctx.state.root.parent / "diagnose" / ctx.inv.cluster_name
 
 
+def describe(ctx: Context, lines: int = 200, out: Path | None = None) -> str:
+    """The dry run: what would be collected where (each node's record is read: one round trip)."""
+    inv = ctx.inv
+
+    def plan(r: remote.Remote) -> list[str]:
+        record = gather(r, [RECORD_FACT])[RECORD_FACT]
+        return [f"       {f.args[0]}: $ {f.shell[:160]}" for f in node_facts(ctx, r.node, record, lines)
+                if f.name.startswith("diagnose:")]
+
+    text = [f"diagnose: {len(inv.nodes)} nodes at once, into {out or out_dir(ctx)}/diagnose-{inv.cluster_name}-"
+            "<UTC>.tar.gz (0600)"]
+    for o in remote.fan_out(inv, inv.nodes, plan, connector=ctx.connector):
+        text.append(f"  [{o.node.name}]" + ("" if o.ok else f" unreachable: {o.error}"))
+        text += o.value or []
+    return "\n".join(text)
+
+
 def diagnose(ctx: Context, *, lines: int = 200, out: Path | None = None) -> Bundle:
     t0 = time.monotonic()
     inv = ctx.inv
