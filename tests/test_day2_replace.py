@@ -260,8 +260,8 @@ def test_bootstrap_joins_a_controller_with_an_empty_data_dir_as_a_new_member(lab
 
 
 def test_a_joining_member_whose_announcement_was_lost_is_restarted_once(lab_like, monkeypatch) -> None:
-    """etcd 3.4 can lose a new member's first "publish" and retries it only after 7 s: hardway restarts
-    the member once instead (a restart publishes at once)."""
+    """etcd 3.4 can lose a new member's first "publish" and retries it only after 7 s: hardway, seeing
+    its peers up in its journal but no announcement, restarts the member once (a restart publishes)."""
     from hardway.chapters.etcd import membership
 
     monkeypatch.setattr(membership, "PUBLISH_GRACE_S", 0.0)
@@ -277,6 +277,21 @@ def test_a_joining_member_whose_announcement_was_lost_is_restarted_once(lab_like
     node.facts["unit_states"] = lambda f, n: (
         "Id=etcd.service\nActiveState=" + ("active" if n.restarts or not n.starts else "activating") +
         "\nActiveEnterTimestamp=@1\nUnitFileState=enabled\nMainPID=7\n")
+    etcd.journal["controller-1"] = '{"msg":"initialized peer connections; fast-forwarding election ticks"}\n'
     r = replace.replace(ctx_for(inv, state, cluster), "controller-1")
     assert r.joined.republished and node.restarts == ["etcd"]
     assert "restarted once: its first announcement was lost" in r.summary()
+
+
+def test_a_slow_but_healthy_join_is_never_restarted(lab_like, monkeypatch) -> None:
+    from hardway.chapters.etcd import membership
+
+    monkeypatch.setattr(membership, "PUBLISH_GRACE_S", 0.0)
+    inv, state = lab_like
+    cluster, etcd = running(inv, unhealthy_polls=5)  # slow to answer, but its journal says nothing is lost
+    etcd.polls.update({"controller-0": 99, "controller-2": 99})  # only the joining member is slow
+    node = cluster["controller-1"]
+    etcd.journal["controller-1"] = ('{"msg":"initialized peer connections; fast-forwarding election ticks"}\n'
+                                    '{"msg":"published local member to cluster through raft"}\n')
+    r = replace.replace(ctx_for(inv, state, cluster), "controller-1")
+    assert not r.joined.republished and node.restarts == []

@@ -21,7 +21,6 @@ from functools import partial
 
 from hardway import deploy, procedure
 from hardway.chapters.base import Context
-from hardway.chapters.etcd import datadir
 from hardway.chapters.etcd.cluster import STATE, ClusterView, Member, health, quick_ctl
 from hardway.chapters.etcd.files import UNIT, UNIT_PATH, ctl, etcd_argv
 from hardway.errors import HardwayError
@@ -33,11 +32,14 @@ from hardway.procedure import Procedure
 
 POLL_S = 0.2
 # A joining member announces itself (etcd's "publish") as soon as it starts; on 3.4 that proposal is
-# lost when it races the snapshot that tells the member where its peers are, and etcd retries only
-# after its request timeout (5 s + 2 election timeouts): measured here, 2 joins in 6 waited 7 s
-# ("failed to publish local member to cluster through raft"). A member still activating this long
-# after start, with its data received, is restarted once: a plain restart publishes at once.
-PUBLISH_GRACE_S = 1.0
+# lost when it goes out before the member knows where its peers are (they arrive with the leader's
+# snapshot), and etcd retries only after its request timeout (5 s + 2 election timeouts): measured
+# here, 2 joins in 6 waited 7 s ("failed to publish local member to cluster through raft"). When the
+# member's journal shows its peer connections up but no announcement this long after, it is
+# restarted once: a plain restart announces at once. (Judged by its journal, not by a clock: a slow
+# but healthy join on a loaded machine is never restarted.)
+PUBLISH_GRACE_S = 0.6
+PEERS_UP, PUBLISHED = "initialized peer connections", "published local member to cluster"
 
 
 def initial_cluster(inv: Inventory, members: Sequence[Member], joining: Node) -> str:
@@ -169,6 +171,7 @@ def _wait_joined(ctx: Context, via: Node, node: Node, endpoints: str, learner: b
     r, rv = ctx.connector(inv, node), ctx.connector(inv, via)
     own = health(inv, node)
     last = ""
+    peers_up: float | None = None  # when its journal first showed its peer connections up
     try:
         while time.monotonic() - t0 < ctx.timeout:
             if learner and not joined.promoted and joined.member_id is not None:
@@ -188,11 +191,13 @@ def _wait_joined(ctx: Context, via: Node, node: Node, endpoints: str, learner: b
                 joined.seconds = time.monotonic() - t0
                 return
             last = (text.splitlines() or [last])[-1]
-            if state == "activating" and not joined.republished and time.monotonic() - t0 > PUBLISH_GRACE_S:
-                has_data = gather(r, [datadir.entries_fact(inv.etcd.data_dir)])[datadir.entries_fact(inv.etcd.data_dir)]
-                if "member" in has_data:
-                    r.run(f"systemctl restart --no-block {UNIT}")
-                    joined.republished = True
+            if state == "activating" and not joined.republished:
+                said = gather(r, [journal_since_start(UNIT, 400)])[journal_since_start(UNIT, 400)]
+                if PEERS_UP in said and PUBLISHED not in said:
+                    peers_up = peers_up or time.monotonic()
+                    if time.monotonic() - peers_up > PUBLISH_GRACE_S:
+                        r.run(f"systemctl restart --no-block {UNIT}")
+                        joined.republished = True
             procedure.sleep(POLL_S)
     finally:
         r.close()
