@@ -6,14 +6,15 @@ removed from the cluster``), lost (a replaced disk) or simply suspect. The proce
   guard   count the members that serve besides NODE: they must be a quorum of the cluster with NODE's
           new member added (so never the last member, never with another member down in a 3-node cluster)
   leader  if NODE leads, hand leadership to a serving member first (no election while clients write)
-  stop    etcd on NODE                                  undo: start it again on its old data
-  aside   move its data to <data_dir>.removed-<time>    undo: move it back
-  join    member remove (by the ID listed at its peer URL; JSON IDs are decimal, etcdctl wants hex),
-          member add (a learner on 3.5+), start with --initial-cluster-state=existing, wait until
+  remove  member remove, by the ID listed at NODE's peer URL (JSON IDs are decimal, etcdctl wants hex)
+  stop    etcd on NODE (a removed member has already exited: instant)
+  aside   move its data to <data_dir>.removed-<time> (never deleted)
+  join    member add (a learner on 3.5+), start with --initial-cluster-state=existing, wait until
           started and in sync (promote), steady-state unit back       (see chapters/etcd/membership)
 
-Before ``member remove`` every step can be undone; after it, the way forward is to run the same
-command again (each step looks at what is there: a member already gone is not removed twice).
+The removal is the first change: Ctrl-C or a failure before it changes nothing; after it, the way
+forward is to run the same command again (each step looks at what is there: a member already gone
+is not removed twice, an empty data dir is not moved), and the message says so.
 """
 
 from __future__ import annotations
@@ -105,29 +106,26 @@ def plan(ctx: Context, name: str, view: ClusterView | None = None) -> Replacemen
                    f"etcd {release.dotted}: the new member joins "
                    + ("as a learner, then is promoted" if release.learners else "as a voting member (3.4: no learner)")]
     if target.healthy and target.member_id is not None and view.leader == target.member_id:
-        to = next(v for v in view.serving if v.node.name != name and v.member_id is not None)
+        to = next(v for v in view.in_cluster if v.node.name != name and v.member_id is not None)
         lead = ctl(inv, node, f"move-leader {to.member_id:x}")
         proc.add(name, f"hand leadership to {to.node.name} (no election while clients write)", lead,
                  partial(run_on, ctx, node, lead))
-    if target.active in STOPPABLE:
-        was_healthy = target.healthy
-
-        def start_again() -> None:
-            run_on(ctx, node, f"systemctl reset-failed {UNIT} 2>/dev/null; systemctl start --no-block {UNIT}")
-            if was_healthy:
-                membership.wait_active_member(ctx, node, ctx.timeout)
-
-        proc.add(name, "stop etcd", f"systemctl stop {UNIT}", partial(run_on, ctx, node, f"systemctl stop {UNIT}"),
-                 undo=start_again, undo_text=finish)
     aside = None
     if not target.data.empty:
-        d = inv.etcd.data_dir
-        aside = datadir.removed_dir(d, stamp)
-        move = datadir.move_aside(d, stamp)
-        back = datadir.move_back(d, stamp)
-        proc.add(name, f"move its data aside to {aside} (never deleted)", move, partial(run_on, ctx, node, move),
-                 undo=partial(run_on, ctx, node, back), undo_text=back)
-    joined = membership.add_join_steps(proc, ctx, view, node, files, finish)
+        aside = datadir.removed_dir(inv.etcd.data_dir, stamp)
+
+    def stop_and_move() -> None:
+        """After its member is removed: a running member exits by itself, so the stop is instant (a
+        graceful stop of a member still listed waits a second for its peers' streams)."""
+        if target.active in STOPPABLE:
+            proc.add(name, "stop etcd", f"systemctl stop {UNIT}", partial(run_on, ctx, node, f"systemctl stop {UNIT}"),
+                     final=finish)
+        if aside is not None:
+            move = datadir.move_aside(inv.etcd.data_dir, stamp)
+            proc.add(name, f"move its data aside to {aside} (never deleted)", move, partial(run_on, ctx, node, move),
+                     final=finish)
+
+    joined = membership.add_join_steps(proc, ctx, view, node, files, finish, after_remove=stop_and_move)
     proc.add("-", "wait until every member names the same leader", "",
              partial(etcd_apply.wait_one_leader, ctx, inv.controllers))
     return Replacement(proc, name, aside, joined)

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from hardway import deploy, procedure
@@ -87,12 +87,14 @@ class Joined:
 
 
 def add_join_steps(proc: Procedure, ctx: Context, view: ClusterView, node: Node, files: Sequence[File],
-                   finish: str) -> Joined:
+                   finish: str, after_remove: Callable[[], None] | None = None) -> Joined:
     """Append the join of ``node`` to ``proc``. ``view`` must have a serving member besides ``node``;
     ``files`` are the etcd chapter's planned files for ``node`` (pushed with the joining unit, then
-    with the steady one); ``finish`` is the command that completes an interrupted join."""
+    with the steady one); ``finish`` is the command that completes an interrupted join;
+    ``after_remove`` appends steps between the removal of the old member and the add (replace: stop
+    it, move its data aside — a removed member exits at once, so the stop is instant)."""
     inv = ctx.inv
-    serving = [v for v in view.serving if v.node.name != node.name]
+    serving = [v for v in view.in_cluster if v.node.name != node.name]
     if not serving:
         raise HardwayError(f"{node.name} cannot join: no other etcd member serves")
     via = next((v for v in serving if v.member_id != view.leader), serving[0]).node
@@ -106,6 +108,8 @@ def add_join_steps(proc: Procedure, ctx: Context, view: ClusterView, node: Node,
         remove = ctl(inv, via, f"member remove {old.hex}", endpoints)
         proc.add(via.name, f"member remove {old.hex} ({node.name}'s old member, by its peer URL {url})", remove,
                  partial(_reconfigure, ctx, via, remove, f"member remove {old.hex}"), final=finish)
+    if after_remove is not None:
+        after_remove()
     after = [m for m in view.members or () if m is not old]
     add = ctl(inv, via, f"member add {node.name} --peer-urls={url}{' --learner' if learner else ''} -w json",
               endpoints)
@@ -203,21 +207,3 @@ def _wait_joined(ctx: Context, via: Node, node: Node, endpoints: str, learner: b
         r.close()
         rv.close()
     raise HardwayError(f"{node.name}: not started and in sync after {ctx.timeout:.0f}s ({last[:160]})")
-
-
-def wait_active_member(ctx: Context, node: Node, timeout: float) -> None:
-    """After ``systemctl start``: until the member answers a linearizable read (used by undo steps)."""
-    r = ctx.connector(ctx.inv, node)
-    own = health(ctx.inv, node)
-    t0 = time.monotonic()
-    try:
-        while time.monotonic() - t0 < timeout:
-            values = gather(r, [STATE, own])
-            if values[STATE][UNIT].active == "failed":
-                raise HardwayError(f"{node.name}: etcd failed to start again")
-            if values[own][0]:
-                return
-            time.sleep(POLL_S)
-    finally:
-        r.close()
-    raise HardwayError(f"{node.name}: etcd not healthy {timeout:.0f}s after starting it again")
