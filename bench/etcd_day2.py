@@ -164,7 +164,8 @@ def main() -> None:
                             rproc, _, _ = restore.restore(ctx, snap.path)
                             add("sr-library", time.monotonic() - t0)
                         for s in proc.steps + rproc.steps:
-                            steps.setdefault(s.what.split(" (")[0].split(":")[0][:40], []).append(s.seconds)
+                            steps.setdefault(" ".join(s.what.split(" (")[0].split(":")[0].split()[:4]), []).append(
+                                s.seconds)
                     elif variant == "cli":
                         t_snap, out = cli(the_lab, state, "etcd.snapshot")
                         path = out.split("etcd.snapshot: ", 1)[1].split(" (", 1)[0]
@@ -183,7 +184,8 @@ def main() -> None:
                     done = replace.replace(ctx, follower.name)
                     add("replace-library", time.monotonic() - t0)
                 for s in done.procedure.steps:
-                    replace_steps.setdefault(s.what.split(" (")[0][:40], []).append(s.seconds)
+                    replace_steps.setdefault(" ".join(s.what.split(" (")[0].split()[:4]).replace(
+                        follower.name, "NODE"), []).append(s.seconds)
                 time.sleep(SETTLE_S)
                 add("replace-cli", cli(the_lab, state, "etcd.replace", follower.name)[0])
                 time.sleep(SETTLE_S)
