@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -184,8 +185,8 @@ def main() -> None:
                     done = replace.replace(ctx, follower.name)
                     add("replace-library", time.monotonic() - t0)
                 for s in done.procedure.steps:
-                    replace_steps.setdefault(" ".join(s.what.split(" (")[0].split()[:4]).replace(
-                        follower.name, "NODE"), []).append(s.seconds)
+                    label = re.sub(r"\b[0-9a-f]{12,16}\b", "ID", " ".join(s.what.split(" (")[0].split()[:4]))
+                    replace_steps.setdefault(label.replace(follower.name, "NODE"), []).append(s.seconds)
                 time.sleep(SETTLE_S)
                 add("replace-cli", cli(the_lab, state, "etcd.replace", follower.name)[0])
                 time.sleep(SETTLE_S)
