@@ -113,7 +113,7 @@ class ApplyReport:
             return ", ".join(f"{' '.join(v)} on {n}" for n, v in d.items()) or "none"
 
         mb, push = self.bytes_sent / 1e6, self.phases.get("push", 0.0)
-        sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb and push else ""
+        sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb >= 0.05 and push else ""
         return (f"{self.chapter}: {files} file(s) written on {sum(1 for v in self.written.values() if v)} "
                 f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{done}")
 
