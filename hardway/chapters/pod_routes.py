@@ -142,8 +142,8 @@ def plan_routes(want: list[Route], present: list[Present]) -> RoutePlan:
         foreign = [p for p in same if not p.ours]
         if foreign:
             plan.conflicts.append(f"a route {foreign[0].describe()} already exists; hardway would route "
-                                  f"{r.dst} ({r.owner}'s pods) via {r.via}. Remove it (`ip route del {r.dst}`) if it is "
-                                  "stale, or fix the inventory")
+                                  f"{r.dst} ({r.owner}'s pods) via {r.via}. Remove it (`ip route del {r.dst}`) if "
+                                  "it is stale, or fix the inventory")
             continue
         plan.add.append(r)
     for p in present:
@@ -161,8 +161,8 @@ def judge(inv: Inventory, node: Node, present: list[Present], direct: dict[str, 
         via = direct.get(str(r.via))
         if via is not None:
             how = "is unreachable" if via == "unreachable" else f"is reached through the router {via}"
-            out.append(Finding(node.name, FAIL, f"{r.owner}'s address {r.via} {how}, not directly: a route to its "
-                                                "pods via it needs the nodes on one link (else use an overlay network)"))
+            out.append(Finding(node.name, FAIL, f"{r.owner}'s address {r.via} {how}, not directly: a route to "
+                                                "its pods via it needs the nodes on one link (or an overlay)"))
     return out
 
 
