@@ -7,7 +7,7 @@ spelled anywhere else.
 
 from __future__ import annotations
 
-from hardway.chapters import control_plane, etcd, pki, pod_routes, workers
+from hardway.chapters import control_plane, etcd, pki, pod_routes, smoke, workers
 from hardway.chapters.base import Chapter, Context
 from hardway.errors import HardwayError
 from hardway.inventory import Inventory, Node
@@ -18,6 +18,7 @@ REGISTRY: tuple[Chapter, ...] = (
     control_plane.CHAPTER,
     workers.CHAPTER,
     pod_routes.CHAPTER,
+    smoke.CHAPTER,
 )
 
 __all__ = ["REGISTRY", "Chapter", "Context", "by_name", "distributed_binaries", "distributed_units",
