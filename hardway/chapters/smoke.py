@@ -245,7 +245,7 @@ def pod_steps(inv: Inventory, access: ClusterAccess, created: list[str]) -> list
                            "" if ok else "socat must be on the worker; `invoke verify --chapter workers`"))
     except (RuntimeError, OSError) as exc:
         out.append(_result("port-forward", FAIL, str(exc)[:200],
-                           "the apiserver must reach the kubelet (`invoke verify --chapter workers`); socat too")
+                           "the apiserver must reach the kubelet (`invoke verify --chapter workers`); socat too"))
     r = access.kubectl("logs", pod)
     out.append(_result("logs", OK, f"kubectl logs {pod}: “{r.out.strip().splitlines()[-1][:100]}”")
                if r.ok and "GET / HTTP/1.1" in r.out else

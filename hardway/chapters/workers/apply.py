@@ -22,7 +22,7 @@ from hardway.checks import FAIL, OK, WARN
 from hardway.deploy import PushPlan
 from hardway.errors import HardwayError
 from hardway.facts import Fact, FactOutput, FactValues, file_hashes, file_stats, gather, unit_states
-from hardway.files import File
+from hardway.files import File, stamps
 from hardway.inventory import Node
 from hardway.remote import Remote
 
@@ -73,7 +73,8 @@ def survey(ctx: Context, chapter, nodes: Sequence[Node]) -> list[Survey]:
         ctx.progress(r.node, f"preflight {chapter.name}")
         default = ctx.files(chapter, r.node)
         paths = [f.path for f in default] + list(FIX_PATHS)
-        hashes_f, stats_f, states_f = file_hashes(paths), file_stats(paths), unit_states(chapter.units)
+        hashes_f, stats_f = file_hashes(paths, stamps(default)), file_stats(paths)
+        states_f = unit_states(chapter.units)
         values = gather(r, [*wn.FACTS, hashes_f, stats_f, deploy.RECORD_FACT, deploy.STAGING_FACT, states_f])
         nf = wn.node_facts_from(values)
         items = wn.judge(r.node, nf)

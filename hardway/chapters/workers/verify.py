@@ -22,7 +22,7 @@ from hardway.chapters.workers import node as wn
 from hardway.chapters.workers import signatures as sg
 from hardway.checks import FAIL, OK, SKIP, CheckResult
 from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, unit_states
-from hardway.files import File
+from hardway.files import File, stamps
 from hardway.inventory import Inventory, Node
 from hardway.paths import CNI_BIN, CNI_CONF, CONTAINERD_CONFIG, K8S_PKI
 from hardway.remote import Remote
@@ -83,7 +83,7 @@ class WorkerFacts:
 
     node: wn.NodeFacts = field(default_factory=wn.NodeFacts)
     hashes: dict[str, str | None] = field(default_factory=dict)
-    stats: dict[str, tuple[int, str, str, int] | None] = field(default_factory=dict)
+    stats: dict[str, tuple[int, str, str, int] | None] = field(default_factory=dict)  # mode, owner, group, ctime
     active: dict[str, str] = field(default_factory=dict)  # unit -> ActiveState
     health: dict[str, tuple[bool, str]] = field(default_factory=dict)  # unit -> (serving, answer)
     cri: tuple[bool, str] = (False, "")
@@ -96,7 +96,7 @@ class WorkerFacts:
 
 def gather_worker(inv: Inventory, r: Remote, files: list[File]) -> WorkerFacts:
     paths = [f.path for f in files]
-    hashes_f, stats_f, states_f = file_hashes(paths), file_stats(paths), unit_states(wf.UNITS)
+    hashes_f, stats_f, states_f = file_hashes(paths, stamps(files)), file_stats(paths), unit_states(wf.UNITS)
     health = wa.health_facts()
     journals = {u: sg.journal(u) for u in wf.UNITS}
     v = gather(r, [*wn.FACTS, hashes_f, stats_f, states_f, *health.values(), CRI, CNI, KUBELET_CONFIG_TEXT,
@@ -104,7 +104,7 @@ def gather_worker(inv: Inventory, r: Remote, files: list[File]) -> WorkerFacts:
     cni, bins = v[CNI]
     return WorkerFacts(
         node=wn.node_facts_from(v), hashes=v[hashes_f],
-        stats={p: (s.mode, s.owner, s.group, s.mtime) if s else None for p, s in v[stats_f].items()},
+        stats={p: (s.mode, s.owner, s.group, s.changed) if s else None for p, s in v[stats_f].items()},
         active={u: s.active for u, s in v[states_f].items()}, health={u: v[f] for u, f in health.items()},
         cri=v[CRI], cni=cni, cni_bins=bins, kubelet_config=v[KUBELET_CONFIG_TEXT],
         containerd_config=v[CONTAINERD_CONFIG_TEXT],
