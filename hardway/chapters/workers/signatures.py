@@ -1,9 +1,10 @@
 """Journal lines that name a known worker-side failure, mapped to its cause and its fix.
 
-A line counts only if it was logged after the service last started and after the files whose
-repair clears it last changed (``cleared_by``): containerd logs ``cni plugin not initialized`` once
-at start when /etc/cni/net.d is empty, and keeps running fine once the config is back; the old line
-must not keep failing the check after the repair.
+A line counts only if it was logged since the service last started, and while its cause is still
+there: a signature whose cause another check proves directly (``cleared_by``: the CNI config, the
+sysctls, swap) is history once those checks pass. containerd logs ``cni plugin not initialized``
+when /etc/cni/net.d is empty (and again for every file event while the config is rewritten), then
+runs fine once it is back: the old lines must not keep failing the check after the repair.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Signature:
     cause: str
     fix: str
     sources: tuple[str, ...]  # units (or "coredns": the CoreDNS pods' logs on the node)
-    cleared_by: tuple[str, ...] = ()  # paths: a line older than their last change is history
+    cleared_by: tuple[str, ...] = ()  # checks that prove the cause gone when they all pass
 
 
 SIGNATURES: tuple[Signature, ...] = (
@@ -30,7 +31,7 @@ SIGNATURES: tuple[Signature, ...] = (
               "br_netfilter is not loaded or net.bridge.bridge-nf-call-iptables is not 1: Services (DNS too) fail "
               "between pods of one node",
               "run `invoke bootstrap-workers --fix`, then `systemctl restart kube-proxy` on the node",
-              ("kube-proxy",)),
+              ("kube-proxy",), ("br-netfilter", "sysctl net.bridge.bridge-nf-call-iptables")),
     Signature(r"plugin/loop: Loop .* detected",
               "CoreDNS forwards to itself: the kubelet's resolvConf lists a loopback stub (127.0.0.53)",
               "re-run `invoke bootstrap-workers` (it gives each kubelet the file listing the real servers), then "
@@ -40,11 +41,11 @@ SIGNATURES: tuple[Signature, ...] = (
               f"no valid CNI config in {CNI_CONF} (or its plugins are missing): pods get no network and the node "
               "stays NotReady",
               "re-run `invoke bootstrap-workers` (it writes the bridge and loopback configs and the plugins)",
-              ("containerd", "kubelet"), (f"{CNI_CONF}/10-bridge.conf", f"{CNI_CONF}/99-loopback.conf")),
+              ("containerd", "kubelet"), ("cni",)),
     Signature(r"running with swap on is not supported",
               "swap is on: the kubelet refuses to start",
               "run `invoke bootstrap-workers --fix` (swapoff, swap lines of /etc/fstab commented out)",
-              ("kubelet",)),
+              ("kubelet",), ("swap",)),
     Signature(r"dial tcp [^ ]+:10250: (i/o timeout|connect: connection refused|connect: no route to host)",
               "the apiserver cannot reach a kubelet on port 10250 (logs, exec, port-forward fail)",
               "let the controllers reach the workers' port 10250/tcp (firewall, routes); "
@@ -107,14 +108,15 @@ class Match:
     line: str
 
 
-def matches(logs: dict[str, list[Line]], changed: dict[str, int | None]) -> list[Match]:
-    """Pure: the signatures seen in ``logs`` (source -> lines); ``changed``: path -> mtime on the node."""
+def matches(logs: dict[str, list[Line]], passing: set[str] | frozenset[str] = frozenset()) -> list[Match]:
+    """Pure: the signatures seen in ``logs`` (source -> lines) whose cause is not proven gone
+    (``passing``: the checks that passed on the node)."""
     found = []
     for sig in SIGNATURES:
-        since = max((changed.get(p) or 0 for p in sig.cleared_by), default=0)
+        if sig.cleared_by and set(sig.cleared_by) <= passing:
+            continue
         for source in sig.sources:
-            line = next((ln for ln in logs.get(source, []) if (ln.at == 0.0 or ln.at >= since)
-                         and re.search(sig.pattern, ln.text)), None)
+            line = next((ln for ln in logs.get(source, []) if re.search(sig.pattern, ln.text)), None)
             if line is not None:
                 found.append(Match(sig, source, line.text))
                 break

@@ -243,8 +243,8 @@ def judge_worker(inv: Inventory, node: Node, f: WorkerFacts, files: list[File]) 
         add("containers", SKIP, f"skipped: lab: the cgroup v{cg.version} controllers are read-only on this node "
                                 "(an nspawn machine on a cgroup v1 host), so no container can run here",
             "checks that need a running pod are skipped here; on real machines they run")
-    changed = {p: (s[3] if s else None) for p, s in f.stats.items()}
-    seen = sg.matches(f.logs, changed)
+    failing = {r.check for r in res if r.status == FAIL}
+    seen = sg.matches(f.logs, {r.check for r in res if r.status == OK} - failing)
     for m in seen:
         add("journal", FAIL, f"{m.signature.cause}: {m.source}: “{m.line.strip()[-140:]}”", m.signature.fix)
     if not seen:
@@ -338,7 +338,7 @@ def kubelet_paths(ctx: Context) -> list[CheckResult]:
                                 "bootstrapped, so nothing can reach the kubelets as the apiserver does",
                                 "run `invoke bootstrap-control-plane`")]
         res = [judge_kubelet_path(inv, c.name, w, answers[w.name]) for w in inv.workers]
-        for m in sg.matches({"kube-apiserver": lines}, {}):
+        for m in sg.matches({"kube-apiserver": lines}):
             res.append(CheckResult(CHAPTER, "journal", c.name, FAIL,
                                    f"{m.signature.cause}: kube-apiserver: “{m.line.strip()[-140:]}”", m.signature.fix))
         return res
