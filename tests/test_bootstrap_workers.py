@@ -274,7 +274,8 @@ def test_a_conflicting_route_is_one_line_exit_1_and_changes_nothing_on_any_node(
     sh(inv, w0.name, f"ip route del {w1.pod_cidr} proto 211 && ip route add {w1.pod_cidr} via {foreign}")
 
     def now() -> dict[str, tuple[str, str]]:
-        return {n.name: (routes(inv, n.name), sh(inv, n.name, f"sha256sum {pr.UNIT_PATH}")) for n in pr.nodes_routed(inv)}
+        return {n.name: (routes(inv, n.name), sh(inv, n.name, f"sha256sum {pr.UNIT_PATH}"))
+                for n in pr.nodes_routed(inv)}
 
     try:
         before = now()
