@@ -91,7 +91,8 @@ def test_a_fresh_worker_is_refused_for_ip_forward_and_nothing_changes(cluster) -
                                            r".*run `invoke bootstrap-workers --fix`"):
         WORKERS.apply(ctx(inv, state))
     for w in inv.workers:
-        assert sh(inv, w.name, "ls /usr/local/bin /etc/containerd 2>/dev/null").strip() == ""
+        assert sh(inv, w.name, "ls /usr/local/bin/containerd /usr/local/bin/kubelet /etc/containerd /etc/cni "
+                               "/var/lib/hardway/deployed.json 2>&1", check=False).count("No such file") == 5
 
 
 def test_the_printed_fix_bootstraps_every_worker(cluster) -> None:
