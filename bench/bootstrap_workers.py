@@ -115,7 +115,8 @@ def workers_round(count: int, tmp: Path) -> dict[str, float]:
         if failed:
             raise SystemExit(f"{count} workers: verify failed: {failed[0]}")
         return {"bootstrap-workers": applied, "verify": verified, "total": applied + verified,
-                "host CPU (all procs)": cpu, "MB": report.bytes_sent / 1e6, **{f"  {k}": v for k, v in report.phases.items()}}
+                "host CPU (all procs)": cpu, "MB": report.bytes_sent / 1e6,
+                **{f"  {k}": v for k, v in report.phases.items()}}
     finally:
         lab.down(name, report=QUIET)
 
