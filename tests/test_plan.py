@@ -96,7 +96,7 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/kube-controller-manager.kubeconfig", "/etc/kubernetes/kube-scheduler.kubeconfig",
         "/etc/kubernetes/config/kube-scheduler.yaml", "/etc/kubernetes/rbac/apiserver-to-kubelet.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
-        "/etc/systemd/system/kube-scheduler.service",
+        "/etc/systemd/system/kube-scheduler.service", "/etc/systemd/system/hardway-pod-routes.service",
     }
     for c in inv.controllers:
         assert {f.path for f in plans[c.name]} == expected  # the sample's binaries do not exist: none
@@ -111,7 +111,7 @@ def test_worker_file_set(inv, plans):
         "/etc/systemd/system/containerd.service", "/etc/systemd/system/kubelet.service",
         "/etc/systemd/system/kube-proxy.service",
         # no kubelet/kube-proxy binaries in the sample: their stand-ins; sysctl and module files only with --fix
-        "/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy",
+        "/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy", "/etc/systemd/system/hardway-pod-routes.service",
     }
     for w in inv.workers:
         assert {f.path for f in plans[w.name]} == expected
@@ -139,7 +139,7 @@ def test_ca_key_only_for_the_controller_manager(plans):
 
 def test_chapters_and_services(inv, state, plans):
     node_chapters = [c.name for c in REGISTRY if c.targets(inv)]
-    assert node_chapters == ["etcd", "control-plane", "workers"]
+    assert node_chapters == ["etcd", "control-plane", "workers", "pod-routes"]
     for n in inv.nodes:
         for f in plans[n.name]:
             assert f.chapter in node_chapters
@@ -162,8 +162,10 @@ def test_chapters_and_services(inv, state, plans):
 def test_units_restart_their_own_service(plans):
     for files in plans.values():
         for f in files:
-            if f.path.startswith("/etc/systemd/system/"):
+            if f.path.startswith("/etc/systemd/system/") and f.chapter != "pod-routes":
                 assert f.services == (Path(f.path).stem,)
+            elif f.chapter == "pod-routes":  # read at boot only: apply changes the live routes itself
+                assert f.services == ()
 
 
 # --------------------------------------------------------------------------------------------

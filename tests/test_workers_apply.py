@@ -168,3 +168,17 @@ def test_a_failed_kubelet_ends_the_wait_at_once_naming_the_stand_in(lab) -> None
     with pytest.raises(HardwayError, match=r"^worker-0: kubelet \(stand-in\) failed to start; see `journalctl -u "
                                            r"kubelet`"):
         apply(inv, state, cluster, timeout=3)
+
+
+def test_a_kubernetes_version_without_stand_in_data_plans_but_stops_preflight_naming_the_field(tmp_path) -> None:
+    import dataclasses
+    from types import MappingProxyType
+
+    inv, state = lab_like(tmp_path)
+    inv = dataclasses.replace(inv, versions=MappingProxyType({**inv.versions, "kubernetes": "1.7.0"}))
+    cluster = cluster_for(inv, state)
+    with pytest.raises(HardwayError, match=r"versions.kubernetes: kubelet and kube-proxy have no binary under "
+                                           r"binaries, and their stand-ins exist for Kubernetes 1.32 only \(not "
+                                           r"1.7.0\).*pin versions.kubernetes to '1.32.3'"):
+        apply(inv, state, cluster)
+    assert all(node.asked == [] for node in cluster.nodes.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hardway import flagspec
 from hardway.chapters.base import Chapter, Context, Finding, Step, Survey
 from hardway.chapters.workers import apply, files, verify
 from hardway.chapters.workers.files import containerd_argv, kube_proxy_argv, kubelet_argv, plan_files
@@ -36,6 +37,14 @@ def jumpbox_findings(inv: Inventory, planned: dict[str, list[File]], cache_dir) 
             out.append(Finding("-", FAIL, f"binaries.{name}: {inv.path} gives no {name} binary (or its path does not "
                                           f"exist); add its path, or its url and sha256 (on the lab host, Debian's "
                                           f"containerd, runc and containernetworking-plugins packages {where})"))
+    standing_in = [c for c in files.STANDIN_COMPONENTS if files.is_standin(inv, c)]
+    if standing_in and not files.standin_covered(inv):
+        where = getattr(inv, "versions_where", {}).get("kubernetes", f"{inv.path}: versions.kubernetes")
+        have = ", ".join(flagspec.available_versions())
+        out.append(Finding("-", FAIL, f"{where}: {' and '.join(standing_in)} have no binary under binaries, and "
+                                      f"their stand-ins exist for Kubernetes {have} only (not "
+                                      f"{files.kubernetes_version(inv)}); name the real binaries under binaries, or "
+                                      f"pin versions.kubernetes to '{files.PINNED_KUBERNETES}'"))
     version, _ = files.containerd_version(inv, cache_dir)
     asked = files.binary_version(inv, cache_dir)
     if f"{BIN}/{files.CONTAINERD}" in sample:

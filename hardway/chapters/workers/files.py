@@ -15,7 +15,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from hardway import binaries, standins
+from hardway import binaries, flagspec, standins
 from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory, Node
@@ -57,15 +57,19 @@ def is_standin(inv: Inventory, component: str) -> bool:
     return component in STANDIN_COMPONENTS and component not in inv.binaries
 
 
-def standin(inv: Inventory, component: str) -> File:
-    """The stand-in at the inventory's Kubernetes version (the flag data must cover it)."""
+def standin_covered(inv: Inventory) -> bool:
+    """True if the flag data covers the inventory's Kubernetes version (the stand-ins are built from it)."""
     try:
-        return standins.standin_file(component, kubernetes_version(inv), chapter=CHAPTER)
-    except HardwayError as exc:
-        where = getattr(inv, "versions_where", {}).get("kubernetes", f"{inv.path}: versions.kubernetes")
-        raise HardwayError(f"{where}: {component} has no binary under binaries, and its stand-in cannot be made for "
-                           f"Kubernetes {kubernetes_version(inv)} ({exc}); name the real binary under binaries, or "
-                           f"pin versions.kubernetes to '{PINNED_KUBERNETES}'") from None
+        return flagspec.minor_of(kubernetes_version(inv)) in flagspec.available_versions()
+    except ValueError:
+        return False
+
+
+def standin(inv: Inventory, component: str) -> File:
+    """The stand-in at the inventory's Kubernetes version; at the pinned one when the flag data does not
+    cover it (planning goes on, so `render` works; preflight then stops the apply, naming the field)."""
+    version = kubernetes_version(inv) if standin_covered(inv) else PINNED_KUBERNETES
+    return standins.standin_file(component, version, chapter=CHAPTER)
 
 
 def label(inv: Inventory, component: str) -> str:
