@@ -124,7 +124,7 @@ def test_apply_adds_every_route_enables_the_boot_unit_and_a_rerun_does_nothing(n
                                         "hardway-pod-routes enabled (the routes come back at boot)"]
     assert len(report.steps["controller-0"]) == 3
     unit = cluster["worker-0"].files[pr.UNIT_PATH].data.decode()
-    assert "ExecStart=-ip route add 10.200.1.0/24 via 10.77.0.21 proto 211" in unit
+    assert "ExecStart=-/usr/sbin/ip \\\n  route \\\n  add \\\n  10.200.1.0/24 \\\n  via \\\n  10.77.0.21" in unit
     assert "10.200.0.0/24" not in unit  # never a route to its own pods
     for node in cluster.nodes.values():
         node.commands.clear()

@@ -32,6 +32,7 @@ NAME = "pod-routes"
 PROTO = 211  # hardway's routes (iproute2's own numbers stop at 192; 211 is not one of the named)
 UNIT = "hardway-pod-routes"
 UNIT_PATH = unit_file(UNIT)
+IP = "/usr/sbin/ip"
 PROBE_LINK = "hwprobe0"  # a bridge verify adds for a moment where no interface holds a pod gateway
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -45,6 +46,12 @@ class Route:
 
     def add(self) -> str:
         return f"ip route add {self.dst} via {self.via} proto {PROTO}"
+
+    @property
+    def argv(self) -> list[str]:
+        """The boot unit's command (systemd wants an absolute path: /usr/sbin/ip on merged-/usr systems
+        and on Debian, Ubuntu, Fedora alike)."""
+        return [IP, "route", "add", str(self.dst), "via", str(self.via), "proto", str(PROTO)]
 
     def delete(self) -> str:
         return f"ip route del {self.dst} via {self.via} proto {PROTO}"
