@@ -165,7 +165,9 @@ def test_a_stub_resolver_fails_and_a_rerun_hands_the_kubelet_the_upstream_list(c
 def test_missing_cni_config_fails_with_containerds_own_words_and_a_rerun_repairs_it(cluster) -> None:
     lab, inv, state = cluster
     w = inv.workers[1].name
-    sh(inv, w, f"rm {wf.CNI_BRIDGE} {wf.CNI_LOOPBACK} && systemctl restart containerd")
+    # the kubelet Requires= containerd: it restarts too; let it serve again before judging the rest
+    sh(inv, w, f"rm {wf.CNI_BRIDGE} {wf.CNI_LOOPBACK} && systemctl restart containerd && for i in $(seq 150); do "
+               f"curl -sf http://127.0.0.1:{wf.KUBELET_HEALTHZ}/healthz >/dev/null && break; sleep 0.2; done")
     bad = [r for r in failures(WORKERS.verify(ctx(inv, state))) if r.node == w]
     assert {r.check for r in bad} == {"cni", "files", "journal"}, bad
     journal = next(r for r in bad if r.check == "journal")
