@@ -206,8 +206,10 @@ class FakeRemote:
             now = node.tick()
             fs[dst] = FakeFile(fs[src].data, mode, owner, group, now, now)
             return ""
-        if words[:2] == ["mv", "-f"]:
-            fs[words[3]] = fs.pop(words[2])
+        if words[0] == "mv":
+            src, dst = words[-2], words[-1]
+            fs[dst] = fs.pop(src)
+            fs[dst].ctime = node.tick()
             return ""
         if words[:2] == ["cp", "-a"]:
             src = fs[words[2]]
