@@ -214,11 +214,16 @@ def _parse_text(out: FactOutput) -> str:
 
 
 def journal_since_start(unit: str, lines: int = 300) -> Fact[str]:
-    """The unit's journal since it last started (so a repaired service is judged afresh)."""
+    """The unit's journal since it last started, so a repaired service is judged afresh.
+
+    By the unit's invocation ID, not by time: ``--since`` counts whole seconds, and a line logged
+    in the second before a restart would otherwise count against the new run.
+    """
     q = shlex.quote(unit)
-    return Fact("journal", f"s=$(systemctl show --timestamp=unix -p InactiveExitTimestamp --value {q}); "
-                           f"case \"$s\" in @*) w=\"--since $s\";; *) w='-n {lines}';; esac; "
-                           f"journalctl -u {q} $w --no-pager -o cat | tail -n 2000", _parse_text, (unit,))
+    return Fact("journal", f"i=$(systemctl show -p InvocationID --value {q}); "
+                           f"if [ -n \"$i\" ]; then journalctl _SYSTEMD_INVOCATION_ID=$i + INVOCATION_ID=$i "
+                           f"--no-pager -o cat | tail -n 2000; else journalctl -u {q} -n {lines} --no-pager -o cat; fi",
+                _parse_text, (unit,))
 
 
 def unit_lint(paths: Sequence[str]) -> Fact[str]:

@@ -130,9 +130,31 @@ def test_a_service_hardway_did_not_install_is_never_stopped(lab_like) -> None:
     w0 = cluster["worker-0"]
     w0.services["containerd"] = FakeService(True, 1)  # Debian's containerd: no record
     w0.facts.update({"deployed": ""})
+    w0.on(r"^ip -[46] route flush proto 211$", "")  # hardway's routes go by their protocol number, if any
     proc, _ = reset.reset(ctx_for(inv, state, cluster), ["worker-0"], yes=True)
-    assert proc.steps == [] and w0.commands == [] and w0.services["containerd"].active
-    assert proc.notes == ["worker-0: hardway deployed nothing there; nothing to do"]
+    assert w0.services["containerd"].active and not [c for c in w0.commands if "containerd" in c]
+    assert [s.what for s in proc.steps if not s.what.startswith("undo pod-routes")] == []
+
+
+def test_reset_takes_hardways_pod_routes_off_a_worker(lab_like) -> None:
+    import hashlib
+
+    from hardway.chapters import pod_routes
+    from hardway.deploy import Deployed, record_bytes
+
+    inv, state = lab_like
+    cluster = FakeCluster()
+    w0 = cluster["worker-0"]
+    unit = b"[Service]\nType=oneshot\n"
+    w0.files[pod_routes.UNIT_PATH] = FakeFile(unit)
+    w0.files[RECORD] = FakeFile(record_bytes({pod_routes.UNIT_PATH: Deployed(
+        hashlib.sha256(unit).hexdigest(), 0o644, "root", "root", pod_routes.NAME)}), 0o600)
+    w0.on(r"^ip -[46] route flush proto 211$", "")
+    emulate_removal(w0)
+    reset.reset(ctx_for(inv, state, cluster), ["worker-0"], yes=True)
+    assert "ip -4 route flush proto 211" in w0.commands and "ip -6 route flush proto 211" in w0.commands
+    assert any(c.startswith("systemctl disable --now hardway-pod-routes.service") for c in w0.commands)
+    assert pod_routes.UNIT_PATH not in w0.files and RECORD not in w0.files
 
 
 def test_after_a_reset_bootstrap_joins_the_node_as_a_new_member(deployed) -> None:

@@ -32,6 +32,13 @@ WORKER_OFFSET = 20  # worker-i at .20+i
 MAX_CONTROLLERS = WORKER_OFFSET - CONTROLLER_OFFSET
 NODE_IFACE = "eth0"
 
+# The workers' runtime: Debian's containerd, runc and containernetworking-plugins on the host
+# (scripts/setup.sh installs them), hidden from the nodes like etcd, so hardway installs them.
+LAB_RUNTIME = (("containerd", "/usr/bin/containerd"),
+               ("containerd-shim-runc-v2", "/usr/bin/containerd-shim-runc-v2"), ("ctr", "/usr/bin/ctr"),
+               ("runc", "/usr/sbin/runc"), ("bridge", "/usr/lib/cni/bridge"),
+               ("host-local", "/usr/lib/cni/host-local"), ("loopback", "/usr/lib/cni/loopback"))
+
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _SHORT_TAG = re.compile(r"^[a-z0-9]{1,6}$")
 _MAX_NODES = 999  # veth names carry the index: hw-<6>-<3>p is 14 characters
@@ -243,6 +250,7 @@ def render_inventory(p: LabLayout) -> str:
         "",
         "# The nodes boot from the host's / with these hidden; hardway installs them into /usr/local/bin.",
         "binaries:",
+        *[f"  {name}: {{path: {path}}}" for name, path in LAB_RUNTIME],
         "  etcd: {path: /usr/bin/etcd}",
         "  etcdctl: {path: /usr/bin/etcdctl}",
         "",
