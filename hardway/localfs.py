@@ -45,28 +45,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` (mode ``mode``) atomically and durably."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o777)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed the mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 @contextlib.contextmanager
 def write_stream(path: Path, mode: int) -> Iterator[BinaryIO]:
     """``write_atomic`` for data that arrives in pieces (a snapshot): write into the yielded file; on a
@@ -86,6 +64,12 @@ def write_stream(path: Path, mode: int) -> Iterator[BinaryIO]:
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` (mode ``mode``) atomically and durably."""
+    with write_stream(path, mode) as fh:
+        fh.write(data)
 
 
 def read_or_none(path: Path) -> bytes | None:

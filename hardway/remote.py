@@ -203,6 +203,28 @@ class SSHRemote:
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
         # A raw exec channel, not SFTP: SFTP acknowledges every 32 KiB request, which measured here
         # at half the throughput of a plain stream (bench/bootstrap_etcd.py prints the rate).
+        def talk(channel: paramiko.Channel) -> str:
+            try:
+                # tarfile writes 10 KiB at a time; a sendall per MiB instead keeps the stream fast
+                with io.BufferedWriter(_ChannelWriter(channel), buffer_size=1 << 20) as stdin:
+                    write(stdin)  # type: ignore[arg-type]
+                channel.shutdown_write()
+            except OSError:
+                pass  # the command ended early (it failed): its exit status and stderr say why
+            return channel.makefile("rb").read().decode(errors="replace")
+
+        return self._stream(command, timeout, talk)
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        def talk(channel: paramiko.Channel) -> str:
+            while chunk := channel.recv(1 << 20):
+                sink(chunk)
+            return ""
+
+        return self._stream(command, timeout, talk)
+
+    def _stream(self, command: str, timeout: int | None, talk: Callable[[paramiko.Channel], str]) -> CommandResult:
+        """Run ``command`` on a channel of its own; ``talk`` moves the data and returns stdout."""
         wrapped = f"sudo -n sh -c {shlex.quote(command)}" if self._sudo else command
         limit = timeout or self.inv.ssh.command_timeout
         transport = self.conn.client.get_transport()
@@ -213,14 +235,7 @@ class SSHRemote:
             channel = transport.open_session(timeout=limit)
             channel.settimeout(limit)
             channel.exec_command(wrapped)
-            try:
-                # tarfile writes 10 KiB at a time; a sendall per MiB instead keeps the stream fast
-                with io.BufferedWriter(_ChannelWriter(channel), buffer_size=1 << 20) as stdin:
-                    write(stdin)  # type: ignore[arg-type]
-                channel.shutdown_write()
-            except OSError:
-                pass  # the command ended early (it failed): its exit status and stderr say why
-            stdout = channel.makefile("rb").read().decode(errors="replace")
+            stdout = talk(channel)
             stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
             code = channel.recv_exit_status()
         except TimeoutError:
@@ -235,33 +250,6 @@ class SSHRemote:
             detail = (stderr.strip() or stdout.strip()).splitlines()
             raise RemoteError(f"{self.node.name}: `{command[:200]}` exited {code}: {detail[-1] if detail else ''}")
         return result
-
-    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
-        wrapped = f"sudo -n sh -c {shlex.quote(command)}" if self._sudo else command
-        limit = timeout or self.inv.ssh.command_timeout
-        transport = self.conn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise RemoteError(f"{self.node.name}: connection closed")
-        channel = None
-        try:
-            channel = transport.open_session(timeout=limit)
-            channel.settimeout(limit)
-            channel.exec_command(wrapped)
-            while chunk := channel.recv(1 << 20):
-                sink(chunk)
-            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
-            code = channel.recv_exit_status()
-        except TimeoutError:
-            raise RemoteError(f"{self.node.name}: command timed out after {limit}s: {command[:200]}") from None
-        except (OSError, paramiko.SSHException) as exc:
-            raise RemoteError(f"{self.node.name}: connection lost running {command[:200]!r}: {exc}") from None
-        finally:
-            if channel is not None:
-                channel.close()
-        if code != 0:
-            detail = stderr.strip().splitlines()
-            raise RemoteError(f"{self.node.name}: `{command[:200]}` exited {code}: {detail[-1] if detail else ''}")
-        return CommandResult(command, code, "", stderr)
 
     def close(self) -> None:
         self.conn.close()

@@ -6,25 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
-from hardway import inventory, jumpbox
-from hardway.state import PkiState
 from tests.etcd_fakes import FakeEtcd
 from tests.fakes import FakeCluster
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module", name="lab_like")
-def lab_like_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[inventory.Inventory, PkiState]:
-    text = (ROOT / "inventory" / "sample.yaml").read_text()
-    text = text.replace("etcd: {path: ./bin/etcd}", "etcd: {path: /usr/bin/etcd}")
-    text = text.replace("etcdctl: {path: ./bin/etcdctl}", "etcdctl: {path: /usr/bin/etcdctl}")
-    inv = inventory.parse(text, "sample.yaml")
-    state = PkiState(tmp_path_factory.mktemp("pki") / "hardway")
-    jumpbox.generate(inv, state)
-    return inv, state
 
 
 def running(inv, release: str = "3.4", **kw) -> tuple[FakeCluster, FakeEtcd]:

@@ -17,7 +17,7 @@ from hardway.chapters.etcd.files import UNIT_PATH
 from hardway.day2 import replace
 from hardway.errors import HardwayError
 from hardway.remote import QUIET
-from tests.day2_support import commands, lab_like_fixture, ran, running  # noqa: F401  (a fixture)
+from tests.day2_support import commands, ran, running
 from tests.etcd_fakes import stale
 from tests.fakes import FakeCluster
 

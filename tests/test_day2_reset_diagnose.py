@@ -19,7 +19,7 @@ from hardway.deploy import RECORD
 from hardway.errors import HardwayError
 from hardway.facts import FactOutput
 from hardway.remote import QUIET
-from tests.day2_support import commands, lab_like_fixture, ran, running  # noqa: F401  (a fixture)
+from tests.day2_support import commands, ran, running
 from tests.etcd_fakes import stale
 from tests.fakes import FakeCluster, FakeFile, FakeNode, FakeService
 

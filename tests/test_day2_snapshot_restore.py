@@ -16,7 +16,7 @@ from hardway.chapters import Context
 from hardway.day2 import restore, schedule, snapshot
 from hardway.errors import HardwayError
 from hardway.remote import QUIET
-from tests.day2_support import commands, lab_like_fixture, ran, running  # noqa: F401  (a fixture)
+from tests.day2_support import commands, ran, running
 from tests.etcd_fakes import FakeEtcd
 from tests.fakes import FakeCluster, FakeService
 

@@ -10,30 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from hardway import inventory, jumpbox, services
+from hardway import inventory, services
 from hardway.chapters import Context
 from hardway.chapters.etcd import CHAPTER as ETCD
 from hardway.chapters.etcd.files import CERT, UNIT_PATH
 from hardway.errors import HardwayError
 from hardway.remote import QUIET
-from hardway.state import PkiState
 from tests.etcd_fakes import FakeEtcd, stale
 from tests.fakes import FakeCluster, FakeFile
 
 ROOT = Path(__file__).resolve().parent.parent
 WAL_HEAD = (Path(__file__).parent / "data" / "etcd-3.4-wal-head.bin").read_bytes()  # another cluster's
-
-
-@pytest.fixture(scope="module")
-def lab_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[inventory.Inventory, PkiState]:
-    """The sample inventory with Debian's etcd binaries (preflight asks them for their flags)."""
-    text = (ROOT / "inventory" / "sample.yaml").read_text()
-    text = text.replace("etcd: {path: ./bin/etcd}", "etcd: {path: /usr/bin/etcd}")
-    text = text.replace("etcdctl: {path: ./bin/etcdctl}", "etcdctl: {path: /usr/bin/etcdctl}")
-    inv = inventory.parse(text, "sample.yaml")
-    state = PkiState(tmp_path_factory.mktemp("pki") / "hardway")
-    jumpbox.generate(inv, state)
-    return inv, state
 
 
 def cluster_for(inv: inventory.Inventory, unhealthy_polls: int = 0) -> FakeCluster:

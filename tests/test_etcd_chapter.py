@@ -15,6 +15,7 @@ from hardway.chapters.etcd import ids as etcd_ids
 from hardway.chapters.etcd import verify as etcd_verify
 from hardway.checks import FAIL, OK, SKIP, WARN
 from hardway.files import File
+from tests.etcd_fakes import wal_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INV = inventory.load(ROOT / "inventory" / "sample.yaml")
@@ -22,21 +23,7 @@ C0, C1 = INV.controllers[0], INV.controllers[1]
 WAL_HEAD = (Path(__file__).parent / "data" / "etcd-3.4-wal-head.bin").read_bytes()  # another cluster's
 
 
-def _wal_for(member: int, cluster: int) -> bytes:
-    """A minimal WAL head: one metadata record, framed as etcd frames it."""
 
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    meta = b"\x08" + varint(member) + b"\x10" + varint(cluster)
-    record = b"\x08\x01" + b"\x1a" + varint(len(meta)) + meta
-    return len(record).to_bytes(8, "little") + record
 
 
 def facts(**kw: object) -> preflight.NodeFacts:
@@ -50,7 +37,7 @@ def statuses(findings: list[Finding]) -> list[str]:
     return [f.status for f in findings]
 
 
-OURS = {n.name: _wal_for(etcd_ids.expected_member_id(INV, n), etcd_ids.expected_cluster_id(INV))
+OURS = {n.name: wal_for(etcd_ids.expected_member_id(INV, n), etcd_ids.expected_cluster_id(INV))
         for n in INV.controllers}
 
 
@@ -115,13 +102,13 @@ def test_another_members_data_dir_is_refused() -> None:
 
 
 def test_a_member_added_later_is_not_judged_by_bootstrap_ids_while_nothing_serves() -> None:
-    dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(_wal_for(0xABCDEF,
+    dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(wal_for(0xABCDEF,
                                                                                   etcd_ids.expected_cluster_id(INV)))}
     assert FAIL not in statuses(preflight.judge_together(INV, view_of(dirs)).findings)
 
 
 def test_a_removed_members_data_is_named_when_the_cluster_serves() -> None:
-    dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(_wal_for(0xABCDEF,
+    dirs = {n: data(w) for n, w in OURS.items()} | {"controller-0": data(wal_for(0xABCDEF,
                                                                                   etcd_ids.expected_cluster_id(INV)))}
     view = view_of(dirs, serving=("controller-1", "controller-2"))
     fail = next(f for f in preflight.judge_together(INV, view).findings if f.status == FAIL)
