@@ -80,10 +80,12 @@ def plan_start(units: Sequence[str], written: Collection[str], files: Sequence[F
 
 
 def start_commands(plan: StartPlan, *, no_block: bool = False) -> list[str]:
-    """daemon-reload, enable and start, for the push's follow-up; restarts are the caller's (rolling)."""
-    cmds = ["systemctl daemon-reload"] if plan.reload else []
-    if plan.enable:
-        cmds.append(systemctl_command("enable", "--quiet", *plan.enable))
+    """enable, daemon-reload and start, for the push's follow-up; restarts are the caller's (rolling).
+
+    ``enable`` reloads systemd by itself; with --no-reload, one reload serves both."""
+    cmds = [systemctl_command("enable", "--quiet", "--no-reload", *plan.enable)] if plan.enable else []
+    if plan.reload or plan.enable:
+        cmds.append("systemctl daemon-reload")
     if plan.start:
         cmds.append(systemctl_command("reset-failed", *plan.start) + " 2>/dev/null || true")
         cmds.append(systemctl_command("start", *(["--no-block"] if no_block else []), *plan.start))
