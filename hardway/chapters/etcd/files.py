@@ -6,6 +6,7 @@ import shlex
 
 from hardway.inventory import Inventory, Node
 from hardway.paths import BIN, ETCD_DIR, unit_file
+from hardway.pki.catalogue import ETCD_CA_NAME
 from hardway.planner import Planner
 from hardway.state import etcd_cert_name
 
@@ -50,7 +51,7 @@ def plan_files(p: Planner) -> None:
     for name in BINARIES:
         p.binary(BIN, name, svc)
     member = etcd_cert_name(p.node)
-    p.pki(CA, p.state.cert("ca"), svc)
+    p.pki(CA, p.state.cert(ETCD_CA_NAME), svc)  # etcd's own CA: it trusts nothing the cluster CA signed
     p.pki(CERT, p.state.cert(member), svc)
     p.pki(KEY, p.state.key(member), svc, secret=True)
     p.unit(UNIT, etcd_argv(p.inv, p.node))
