@@ -4,6 +4,8 @@
   key is never readable by others, not even for a moment), fsynced, renamed over the target, and
   the directory fsynced so the rename survives a crash. On any error the target is untouched and
   the temp file removed.
+- ``write_atomic_stream``: the same for bytes that arrive in chunks (a download), with a last
+  check before the rename (a sha256 that must match): a refused stream never lands.
 - ``ensure_file``: the same, but only when the bytes differ; a matching file whose mode drifted
   is chmod-ed in place. Says what it did, so callers can report "kept" or "rewritten".
 - ``private_dir``: a directory and its missing parents, 0700 (``mkdir(parents=True)`` leaves
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
 
@@ -44,18 +47,28 @@ def _fsync_dir(directory: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` with ``data`` (mode ``mode``) atomically and durably."""
+    write_atomic_stream(path, [data], mode)
+
+
+def write_atomic_stream(path: Path, chunks: Iterable[bytes], mode: int,
+                        check: Callable[[], None] | None = None) -> None:
+    """Replace ``path`` with the concatenated ``chunks`` atomically and durably; ``check`` runs once
+    every byte is on disk, before the rename: if it raises, ``path`` is untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o777)
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have narrowed the mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for data in chunks:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
+        if check is not None:
+            check()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
