@@ -132,6 +132,9 @@ class Inventory:
     encryption_provider: str = "aescbc"
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     warnings: tuple[str, ...] = ()
+    # "file:line: versions.NAME" of each given version, so a later check can name the line to fix
+    versions_where: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False,
+                                              repr=False)
 
     @property
     def controllers(self) -> tuple[Node, ...]:
@@ -236,6 +239,10 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
     e = enc_f.mapping(("provider",)) if enc_f.present else {}
     provider = enc_f.get(e, "provider").choice(ENCRYPTION_PROVIDERS, "aescbc")
 
+    versions_f = top.get(f, "versions")
+    versions = _versions(versions_f)
+    versions_where = {name: versions_f.get(versions_f.mapping(VERSION_COMPONENTS, what="component"), name).where
+                      for name in versions} if versions else {}
     warnings = []
     if len(controllers) % 2 == 0:
         warnings.append(
@@ -245,7 +252,7 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
     return Inventory(
         path=Path(source), cluster_name=name, cluster_domain=domain, service_cidr=service_cidr,
         cluster_cidr=cluster_cidr, api_endpoint=api, key_algorithm=key_algorithm, ssh=_ssh(top.get(f, "ssh"), base),
-        nodes=tuple(nodes), versions=MappingProxyType(_versions(top.get(f, "versions"))),
+        nodes=tuple(nodes), versions=MappingProxyType(versions), versions_where=MappingProxyType(versions_where),
         binaries=MappingProxyType(_binaries(top.get(f, "binaries"), base)),
         extra_sans=MappingProxyType(extra_sans), cert_validity_days=validity,
         ca_validity_days=ca_validity, renew_within_days=renew, encryption_provider=provider,

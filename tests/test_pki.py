@@ -70,6 +70,7 @@ EXPECTED = {
             "DNS:kubernetes.default.svc.cluster.local", *(f"DNS:{d}" for d in API_DNS)}, S),
         "apiserver-kubelet-client": _row("kubernetes"),
         "apiserver-etcd-client": _row("kube-apiserver-etcd-client", issuer="etcd-ca"),
+        "kube-apiserver-lb": _row("hardway:kube-apiserver-lb"),
         **{f"etcd-controller-{i}": _row(f"controller-{i}", None, {
             f"IP:10.240.0.1{i}", "IP:127.0.0.1", f"DNS:controller-{i}", "DNS:localhost"}, CS, issuer="etcd-ca")
            for i in range(3)},

@@ -97,9 +97,13 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/config/kube-scheduler.yaml", "/etc/kubernetes/rbac/apiserver-to-kubelet.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
         "/etc/systemd/system/kube-scheduler.service",
+        "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "/etc/kubernetes/pki/apiserver-etcd-client.key",
+        # the sample names no Kubernetes binaries: the stand-ins (its etcd binaries do not exist: none)
+        "/usr/local/bin/kube-apiserver", "/usr/local/bin/kube-controller-manager", "/usr/local/bin/kube-scheduler",
     }
     for c in inv.controllers:
-        assert {f.path for f in plans[c.name]} == expected  # the sample's binaries do not exist: none
+        assert {f.path for f in plans[c.name]} == expected
 
 
 def test_worker_file_set(inv, plans):
@@ -121,6 +125,9 @@ def test_secret_files_are_0600_and_everything_with_key_material_is_secret(plans)
         for f in files:
             assert (f.mode == 0o600) == f.secret, f.path
             data = f.content or b""
+            if data.startswith(b"#!"):  # a stand-in program: it names key formats, it holds none
+                assert f.mode == 0o755 and not f.secret, f.path
+                continue
             holds_key = b"PRIVATE KEY" in data or b"client-key-data" in data or b"secret:" in data
             assert f.secret == holds_key, f.path
 
@@ -128,6 +135,19 @@ def test_secret_files_are_0600_and_everything_with_key_material_is_secret(plans)
 def test_ca_key_only_for_the_controller_manager(plans):
     ca_key = by_path(plans["controller-0"])["/etc/kubernetes/pki/ca.key"]
     assert ca_key.services == ("kube-controller-manager",)
+
+
+def test_no_node_holds_the_etcd_ca_key_and_only_controllers_hold_etcd_credentials(inv, state, plans):
+    etcd_ca_key = state.key("etcd-ca").read_bytes()
+    etcd_client_key = state.key("apiserver-etcd-client").read_bytes()
+    for n in inv.nodes:
+        got = contents(plans[n.name])
+        assert etcd_ca_key not in got, n.name
+        assert (etcd_client_key in got) == n.is_controller, n.name
+    paths = by_path(plans["controller-0"])
+    assert paths["/etc/etcd/ca.crt"].content == state.cert("etcd-ca").read_bytes()
+    assert paths["/etc/kubernetes/pki/etcd-ca.crt"].content == state.cert("etcd-ca").read_bytes()
+    assert paths["/etc/kubernetes/pki/apiserver-etcd-client.key"].services == ("kube-apiserver",)
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_no_hand_placed_backslashes_in_unit_templates():
 def test_every_rendered_unit_passes_verify(inv, build, tmp_path):
     _, written = build
     units = [p for p in written if p.suffix == ".service"]
-    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers)
+    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers) + len(inv.loadbalancers)
     assert lint_units(units) == []
     # The same verdict straight from systemd-analyze, on copies whose binary exists here.
     for unit in units:

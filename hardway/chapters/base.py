@@ -9,6 +9,7 @@ its services and waits until they are healthy, how one of its services is restar
       -> judge (pure)          stop here, nothing changed, if anything failed or a file is foreign
       -> push + follow-up      one exec per node: install changed files, daemon-reload, enable, start
       -> settle                wait healthy; restart running services whose files changed, rolling
+      -> finish                steps that need every service up (the control plane's RBAC)
       -> checks
 
 A chapter that writes no files (pod routes, the smoke test) overrides ``apply`` with commands that
@@ -89,19 +90,22 @@ class ApplyReport:
     seconds: float
     bytes_sent: int = 0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: where the time went
+    labels: dict[str, str] = field(default_factory=dict)  # unit -> how to show it ("kube-apiserver (stand-in)")
+    notes: list[str] = field(default_factory=list)  # what the chapter's finishing steps did (RBAC, ...)
 
     def summary(self) -> str:
         files = sum(len(v) for v in self.written.values())
+        notes = "".join(f"; {n}" for n in self.notes)
         if not files and not self.started and not self.restarted:
-            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts"
+            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts{notes}"
 
         def units(d: dict[str, list[str]]) -> str:
-            return ", ".join(f"{' '.join(v)} on {n}" for n, v in d.items()) or "none"
+            return ", ".join(f"{' '.join(self.labels.get(u, u) for u in v)} on {n}" for n, v in d.items()) or "none"
 
         mb, push = self.bytes_sent / 1e6, self.phases.get("push", 0.0)
         sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb and push else ""
         return (f"{self.chapter}: {files} file(s) written on {sum(1 for v in self.written.values() if v)} "
-                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}")
+                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{notes}")
 
 
 def first_failure(findings: Sequence[Finding]) -> HardwayError | None:
@@ -137,6 +141,14 @@ class Chapter:
     def plan_files(self, p: Planner) -> None:
         """Add the files ``p.node`` receives from this chapter."""
 
+    def node_units(self, node: Node) -> tuple[str, ...]:
+        """Which of ``units`` run on ``node`` (a chapter over nodes of several roles narrows it)."""
+        return self.units
+
+    def unit_label(self, inv: Inventory, unit: str) -> str:
+        """How progress lines and the summary name ``unit`` (a chapter marks its stand-ins here)."""
+        return unit
+
     # --- preflight: facts, then pure judgment -------------------------------------------------
 
     def jumpbox_findings(self, ctx: Context, files: dict[str, list[File]]) -> list[Finding]:
@@ -160,7 +172,7 @@ class Chapter:
             ctx.progress(r.node, f"preflight {self.name}")
             files = planned[r.node.name]
             hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
-            states_fact = unit_states(self.units)
+            states_fact = unit_states(self.node_units(r.node))
             facts = gather(r, [*self.node_facts(ctx, r.node, files), *disk, states_fact])
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
@@ -183,7 +195,7 @@ class Chapter:
 
     def follow_up(self, ctx: Context, survey: Survey, written: Sequence[str]) -> services.StartPlan:
         """What the node's units need once the push is in place (run in the push's own exec)."""
-        return services.plan_start(self.units, written, survey.files, survey.stats, survey.states)
+        return services.plan_start(self.node_units(survey.node), written, survey.files, survey.stats, survey.states)
 
     def apply(self, ctx: Context) -> ApplyReport:
         t0 = time.monotonic()
@@ -220,7 +232,7 @@ class Chapter:
             ctx.progress(r.node, f"pushed {len(report.written)} changed file(s)" if report.written
                          else "files up to date")
             if start.start:
-                ctx.progress(r.node, f"start {' '.join(start.start)}")
+                ctx.progress(r.node, f"start {' '.join(self.unit_label(ctx.inv, u) for u in start.start)}")
             return report
 
         pushed = remote.fan_out(ctx.inv, nodes, push, connector=ctx.connector)
@@ -234,10 +246,14 @@ class Chapter:
         started = {n: list(p.start) for n, p in start_plans.items() if p.start}
         restarted = self.settle(ctx, nodes, start_plans)
         lap("settle")
+        notes = self.finish(ctx)
+        if notes:
+            lap("finish")
         results = self.verify(ctx)
         lap("checks")
         return ApplyReport(self.name, findings, written, started, restarted, results, time.monotonic() - t0,
-                           sum(o.value.bytes_sent for o in pushed if o.value), phases)
+                           sum(o.value.bytes_sent for o in pushed if o.value), phases,
+                           {u: self.unit_label(ctx.inv, u) for u in self.units}, notes)
 
     def settle(self, ctx: Context, nodes: Sequence[Node], plans: dict[str, services.StartPlan]) -> dict[str, list[str]]:
         """Wait for what was started; then restart, one node at a time, what runs on old files."""
@@ -250,6 +266,11 @@ class Chapter:
                     self.restart(ctx, n, unit)
                     restarted.setdefault(n.name, []).append(unit)
         return restarted
+
+    def finish(self, ctx: Context) -> list[str]:
+        """Steps that need every service up, after settle and before the checks (the control plane's
+        RBAC); returns a line per step for the summary."""
+        return []
 
     def wait_healthy(self, ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[str]]) -> None:
         """Until every given unit on every given node is healthy (default: systemd says active)."""

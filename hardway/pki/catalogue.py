@@ -22,6 +22,7 @@ ETCD_CA_NAME = "etcd-ca"
 CA_NAMES = (CA_NAME, ETCD_CA_NAME)
 SERVICE_ACCOUNTS = "service-accounts"
 APISERVER_ETCD_CLIENT = "apiserver-etcd-client"
+LOADBALANCER = "kube-apiserver-lb"
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ def catalogue(inv: Inventory) -> list[CertSpec]:
     ))
     specs.append(_leaf("apiserver-kubelet-client", "kubernetes", None, client=True,
                        purpose="the apiserver calling kubelets (logs, exec); RBAC user `kubernetes`"))
+    if inv.loadbalancers:
+        specs.append(_leaf(LOADBALANCER, "hardway:kube-apiserver-lb", None, client=True,
+                           purpose="HAProxy's health checks of each apiserver's /readyz; bound to no role, so it "
+                                   "reads only the health endpoints every authenticated user may"))
     specs.append(_leaf(APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", None, client=True, issuer=ETCD_CA_NAME,
                        purpose="the apiserver's client cert to etcd (from the etcd CA: nothing else etcd accepts)"))
     for c in inv.controllers:

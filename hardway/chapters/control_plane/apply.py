@@ -1,0 +1,275 @@
+"""How the control plane comes up, restarts and finishes: readiness waits, restarts behind the load
+balancer, and the apiserver->kubelet RBAC.
+
+- Readiness is asked ON each controller, with the kubectl and the admin-local kubeconfig the chapter
+  pushed there (https://127.0.0.1:6443): it reaches the apiserver whatever the jumpbox's routes, needs
+  no key file beyond the ones the node already holds, and proves that kubeconfig works. Each poll is
+  one round trip carrying every probe and the units' states.
+- An apiserver is restarted behind the load balancer: taken out of rotation on every HAProxy and
+  drained, restarted, waited for, put back, and waited for until HAProxy's own check says UP.
+- Once every service is up: the endpoint's /readyz from the jumpbox (the client's view), then the
+  RBAC with real kubectl, which a stand-in apiserver cannot serve ("skipped: stand-in").
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Sequence
+
+from hardway import remote, services
+from hardway.chapters.base import Context
+from hardway.chapters.control_plane import loadbalancer as lb
+from hardway.chapters.control_plane import probes
+from hardway.chapters.control_plane.files import (
+    ADMIN_KUBECONFIG,
+    APISERVER,
+    CONTROLLER_MANAGER,
+    KUBECTL_PATH,
+    PORTS,
+    RBAC,
+    SCHEDULER,
+    label,
+)
+from hardway.errors import HardwayError
+from hardway.facts import Fact, FactOutput, gather, journal_since_start, unit_states
+from hardway.inventory import Node
+from hardway.remote import Remote
+from hardway.standins import is_standin as says_standin
+
+POLL_S = 0.25
+
+
+def _answer(out: FactOutput) -> tuple[bool, str]:
+    return out.ok, out.stdout.strip()
+
+
+def kubectl(args: str, kubeconfig: str = ADMIN_KUBECONFIG) -> str:
+    return f"{KUBECTL_PATH} --kubeconfig={kubeconfig} --request-timeout=5s {args}"
+
+
+def readyz(node: Node) -> Fact[tuple[bool, str]]:
+    """The node's own apiserver's /readyz, asked with kubectl and the admin-local kubeconfig."""
+    return Fact("apiserver_readyz", kubectl("get --raw /readyz"), _answer, (node.name,))
+
+
+def healthz(component: str) -> Fact[tuple[bool, str]]:
+    """The controller-manager's or scheduler's own /healthz on loopback (self-signed: not verified)."""
+    port = PORTS[component]
+    cmd = (f"{KUBECTL_PATH} --kubeconfig=/dev/null --server=https://127.0.0.1:{port} --insecure-skip-tls-verify=true "
+           "--request-timeout=3s get --raw /healthz")
+    return Fact("component_healthz", cmd, _answer, (component,))
+
+
+def probe(unit: str, node: Node) -> Fact[tuple[bool, str]] | Fact:
+    if unit == APISERVER:
+        return readyz(node)
+    if unit in (CONTROLLER_MANAGER, SCHEDULER):
+        return healthz(unit)
+    return lb.STAT
+
+
+def healthy(unit: str, value: object) -> bool:
+    if unit == lb.UNIT:
+        return value is not None
+    return bool(value[0]) and value[1] == "ok"  # type: ignore[index]
+
+
+def _last_error(journal: str) -> str:
+    lines = [ln.strip() for ln in journal.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower() or "alert" in ln.lower()]
+    return (errors or lines or ["(no journal lines)"])[-1][:220]
+
+
+def wait_healthy(ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[str]]) -> None:
+    """Poll every given unit on every given node until it answers; fail at once on a failed unit,
+    naming its last journal error. Nodes are waited for in parallel: one failing does not stop
+    (or stop waiting for) the others, which keep running."""
+
+    def wait(r: Remote) -> None:
+        mine = tuple(units[r.node.name])
+        t0 = time.monotonic()
+        states = unit_states(mine)
+        asked = {u: probe(u, r.node) for u in mine}
+        last: dict[str, str] = {}
+        while True:
+            values = gather(r, [states, *asked.values()], timeout=30)
+            failed = [u for u in mine if values[states][u].active == "failed"]
+            if failed:
+                journal = journal_since_start(failed[0])
+                why = _last_error(gather(r, [journal])[journal])
+                raise HardwayError(f"{r.node.name}: {label(ctx.inv, failed[0])} failed to start: “{why}”; fix it "
+                                   "and re-run `invoke bootstrap-control-plane` (nothing else was restarted)")
+            pending = [u for u in mine if not healthy(u, values[asked[u]])]
+            for u in pending:
+                answer = values[asked[u]]
+                last[u] = "no answer" if not isinstance(answer, tuple) else (answer[1].splitlines() or [""])[-1]
+            if not pending:
+                shown = " ".join(label(ctx.inv, u) for u in mine)
+                ctx.progress(r.node, f"{shown} ready after {time.monotonic() - t0:.1f}s")
+                return
+            if time.monotonic() - t0 > ctx.timeout:
+                waiting = "; ".join(f"{label(ctx.inv, u)}: {last[u][:120]}" for u in pending)
+                raise HardwayError(f"{r.node.name}: not ready after {ctx.timeout:.0f}s ({waiting}); run "
+                                   "`invoke verify --chapter control-plane` for the cause")
+            time.sleep(POLL_S)
+
+    if (error := remote.first_error(remote.fan_out(ctx.inv, nodes, wait, connector=ctx.connector))):
+        raise HardwayError(error)
+
+
+def _on_balancers(ctx: Context, work: object) -> list[remote.NodeOutcome]:
+    outcomes = remote.fan_out(ctx.inv, ctx.inv.loadbalancers, work, connector=ctx.connector)  # type: ignore[arg-type]
+    if (error := remote.first_error(outcomes)):
+        raise HardwayError(error)
+    return outcomes
+
+
+def restart_apiserver(ctx: Context, node: Node) -> None:
+    """Restart one apiserver without a failed request through the load balancer (see the module doc)."""
+    shown = label(ctx.inv, APISERVER)
+    if ctx.inv.loadbalancers:
+        def out(r: Remote) -> bool:
+            taken = lb.take_out(r, node.name)
+            ctx.progress(r.node, f"{node.name} drained" if taken else f"{lb.UNIT} not running: nothing to drain")
+            return taken
+
+        drained = [o.node for o in _on_balancers(ctx, out) if o.value]
+    else:
+        drained = []
+    r = ctx.connector(ctx.inv, node)
+    try:
+        ctx.progress(node, f"restart {shown}")
+        services.systemctl(r, "restart", APISERVER, timeout=int(ctx.timeout))
+    finally:
+        r.close()
+    try:
+        wait_healthy(ctx, [node], {node.name: [APISERVER]})
+    except HardwayError as exc:
+        kept = f"; it stays out of rotation on {', '.join(n.name for n in drained)}" if drained else ""
+        raise HardwayError(f"{exc}{kept} and the other apiservers keep serving") from None
+
+    def back(r: Remote) -> None:
+        if r.node in drained:
+            lb.put_back(r, node.name, ctx.timeout)
+            ctx.progress(r.node, f"{node.name} back in rotation (UP)")
+
+    if drained:
+        _on_balancers(ctx, back)
+
+
+def reload_balancer(ctx: Context, node: Node) -> None:
+    """A changed HAProxy config is reloaded, not restarted: new workers take the listening sockets,
+    old ones finish their connections."""
+    r = ctx.connector(ctx.inv, node)
+    try:
+        ctx.progress(node, f"reload {lb.UNIT}")
+        services.systemctl(r, "reload", lb.UNIT, timeout=int(ctx.timeout))
+    finally:
+        r.close()
+    wait_healthy(ctx, [node], {node.name: [lb.UNIT]})
+
+
+# --- finishing: the endpoint, then the RBAC ----------------------------------------------------
+
+
+def endpoint_probe(ctx: Context, path: str = "/readyz") -> probes.Probe:
+    inv, state = ctx.inv, ctx.state
+    return probes.get(str(inv.api_endpoint.address), inv.api_endpoint.port, path, state.cert("ca"),
+                      (state.cert("admin"), state.key("admin")))
+
+
+def endpoint_error(ctx: Context, seen: probes.Probe) -> str:
+    """One line: what the endpoint did wrong and the fix."""
+    ep = probes.host_port(str(ctx.inv.api_endpoint.address), ctx.inv.api_endpoint.port)
+    ours = bool(ctx.inv.loadbalancers)
+    fixes = {
+        probes.REFUSED: (f"nothing listens on the API endpoint {ep}: " + (
+            f"{lb.UNIT} is not running on {ctx.inv.loadbalancers[0].name} (`journalctl -u {lb.UNIT}` there)" if ours
+            else "start the load balancer there, or set api_endpoint.address to what runs it")),
+        probes.NO_TLS: (f"the load balancer at {ep} accepts connections but forwards nowhere: " + (
+            "HAProxy sees no ready apiserver (`invoke verify --chapter control-plane` shows each check)" if ours
+            else "point its backends at every controller's :6443 (TCP pass-through)")),
+        probes.NAME: (f"{seen.detail}: the apiservers serve a certificate without the endpoint's address; run "
+                      "`invoke rotate-certs`"),
+        probes.UNTRUSTED: f"{seen.detail}: the endpoint is not these apiservers (or terminates TLS itself)",
+    }
+    return fixes.get(seen.kind, f"the API endpoint {ep} answers {seen.detail}")
+
+
+def wait_endpoint(ctx: Context) -> probes.Probe:
+    """Until /readyz answers through the API endpoint from here; an endpoint not reachable from the
+    jumpbox at all is reported, not fatal (the checks say it again)."""
+    t0 = time.monotonic()
+    while True:
+        seen = endpoint_probe(ctx)
+        if seen.ok or seen.kind == probes.NO_ROUTE:
+            return seen
+        if time.monotonic() - t0 > ctx.timeout:
+            raise HardwayError(endpoint_error(ctx, seen))
+        time.sleep(POLL_S)
+
+
+def balancers_up(ctx: Context) -> list[str]:
+    """Every apiserver UP on every HAProxy; one left in maintenance is reported, not waited for."""
+    notes: list[str] = []
+    names = [c.name for c in ctx.inv.controllers]
+
+    def up(r: Remote) -> None:
+        seen = lb.servers(r) or {}
+        held = [n for n in names if n in seen and seen[n].status.startswith("MAINT")]
+        for n in held:
+            notes.append(f"{n} is in maintenance on {r.node.name}: left out (`systemctl reload {lb.UNIT}` there "
+                         "puts every apiserver back)")
+        lb.wait_up(r, [n for n in names if n not in held], ctx.timeout)
+
+    _on_balancers(ctx, up)
+    return notes
+
+
+def server_version(ctx: Context, node: Node) -> str:
+    r = ctx.connector(ctx.inv, node)
+    try:
+        out = r.run(kubectl("version -o json"), check=False)
+    finally:
+        r.close()
+    try:
+        return str(json.loads(out.stdout)["serverVersion"]["gitVersion"])
+    except (ValueError, KeyError, TypeError):
+        detail = (out.stdout.strip() or out.stderr.strip()).splitlines()
+        raise HardwayError(f"{node.name}: `kubectl version` through {ADMIN_KUBECONFIG} failed: "
+                           f"{detail[-1] if detail else out.exit_code}") from None
+
+
+RBAC_OBJECTS = ("clusterrole/system:kube-apiserver-to-kubelet", "clusterrolebinding/system:kube-apiserver")
+
+
+def apply_rbac(ctx: Context) -> str:
+    """The apiserver->kubelet RBAC, with real kubectl on a controller (idempotent: `unchanged` on a re-run)."""
+    node = ctx.inv.controllers[0]
+    version = server_version(ctx, node)
+    if says_standin(version):
+        ctx.progress(node, f"RBAC apiserver→kubelet: skipped: stand-in ({version} serves no RBAC API)")
+        return "apiserver→kubelet RBAC: skipped: stand-in"
+    r = ctx.connector(ctx.inv, node)
+    try:
+        out = r.run(kubectl(f"apply -f {shlex.quote(RBAC)}"))
+    finally:
+        r.close()
+    lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    ctx.progress(node, "RBAC apiserver→kubelet: " + "; ".join(lines))
+    changed = [ln for ln in lines if not ln.endswith("unchanged")]
+    return f"apiserver→kubelet RBAC: {'applied' if changed else 'unchanged'} ({version})"
+
+
+def finish(ctx: Context) -> list[str]:
+    notes = balancers_up(ctx) if ctx.inv.loadbalancers else []
+    seen = wait_endpoint(ctx)
+    where = probes.host_port(str(ctx.inv.api_endpoint.address), ctx.inv.api_endpoint.port)
+    if seen.ok:
+        notes.append(f"{where} /readyz ok{' (stand-in)' if seen.standin else ''}")
+    else:
+        notes.append(f"{where} not reachable from the jumpbox: {seen.detail}")
+    notes.append(apply_rbac(ctx))
+    return notes
