@@ -217,7 +217,7 @@ def lab_status(c, name="lab"):
 
     rows = lab.status(name)
     print(lab.format_status(rows))
-    if any(r.systemd != "running" or r.ssh != "ok" for r in rows):
+    if not all(r.ok for r in rows):
         raise Exit(f"lab.status: some nodes of lab {name} are not running or not reachable", code=1)
 
 

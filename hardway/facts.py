@@ -104,20 +104,32 @@ def _parse_arch(out: FactOutput) -> str:
 ARCH: Fact[str] = Fact("arch", "uname -m", _parse_arch)
 
 
-def parse_hashes(out: FactOutput, paths: Sequence[str]) -> dict[str, str | None]:
-    found: dict[str, str | None] = dict.fromkeys(paths)
-    for line in out.stdout.splitlines():
-        digest, _, name = line.partition("  ")
-        if name in found and re.fullmatch(r"[0-9a-f]{64}", digest):
-            found[name] = digest
-    return found
+def _per_path(paths: Sequence[str], read: Callable[[str], tuple[str, T] | None]) -> Callable[
+        [FactOutput], dict[str, T | None]]:
+    """A parser for a command printing one line per existing path: ``read`` turns a line into
+    (path, value); paths without a line are None (missing)."""
+
+    def parse(out: FactOutput) -> dict[str, T | None]:
+        found: dict[str, T | None] = dict.fromkeys(paths)
+        for line in out.stdout.splitlines():
+            got = read(line)
+            if got is not None and got[0] in found:
+                found[got[0]] = got[1]
+        return found
+
+    return parse
+
+
+def _hash_line(line: str) -> tuple[str, str] | None:
+    digest, _, name = line.partition("  ")
+    return (name, digest) if re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
 def file_hashes(paths: Sequence[str]) -> Fact[dict[str, str | None]]:
     """sha256 of each path, None where missing."""
     paths = tuple(paths)
-    return Fact("file_hashes", f"sha256sum -- {_quoted(paths)} 2>/dev/null; true" if paths else "true",
-                lambda out: parse_hashes(out, paths), paths)
+    shell = f"sha256sum -- {_quoted(paths)} 2>/dev/null; true" if paths else "true"
+    return Fact("file_hashes", shell, _per_path(paths, _hash_line), paths)
 
 
 @dataclass(frozen=True)
@@ -128,20 +140,16 @@ class FileStat:
     mtime: int
 
 
-def parse_stats(out: FactOutput, paths: Sequence[str]) -> dict[str, FileStat | None]:
-    found: dict[str, FileStat | None] = dict.fromkeys(paths)
-    for line in out.stdout.splitlines():
-        parts = line.split(" ", 4)
-        if len(parts) == 5 and parts[4] in found:
-            found[parts[4]] = FileStat(int(parts[0], 8), parts[1], parts[2], int(parts[3]))
-    return found
+def _stat_line(line: str) -> tuple[str, FileStat] | None:
+    parts = line.split(" ", 4)
+    return (parts[4], FileStat(int(parts[0], 8), parts[1], parts[2], int(parts[3]))) if len(parts) == 5 else None
 
 
 def file_stats(paths: Sequence[str]) -> Fact[dict[str, FileStat | None]]:
     """Mode, owner, group and mtime (epoch seconds, node clock) of each path, None where missing."""
     paths = tuple(paths)
-    return Fact("file_stats", f"stat -c '%a %U %G %Y %n' -- {_quoted(paths)} 2>/dev/null; true" if paths else "true",
-                lambda out: parse_stats(out, paths), paths)
+    shell = f"stat -c '%a %U %G %Y %n' -- {_quoted(paths)} 2>/dev/null; true" if paths else "true"
+    return Fact("file_stats", shell, _per_path(paths, _stat_line), paths)
 
 
 @dataclass(frozen=True)

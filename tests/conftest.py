@@ -6,7 +6,7 @@ Lab fixtures (for tests marked ``lab``) boot real systemd machines with ``hardwa
   2 workers like the default lab (a node costs ~0.4 s of boot here: bench/lab.py), or
   ``--lab-controllers N`` / ``--lab-workers M`` (or HARDWAY_LAB_CONTROLLERS / HARDWAY_LAB_WORKERS).
   It is a ``hardway.lab.Lab``: ``.name``, ``.state_dir``, ``.inventory_path`` (the lab's
-  inventory YAML, in its state dir), ``.inventory`` (loaded), ``.plan``, ``.pids()``,
+  inventory YAML, in its state dir), ``.inventory`` (loaded), ``.layout`` (a ``LabLayout``), ``.pids()``,
   ``.stop_node(name)`` / ``.start_node(name)`` (power a node off and on: connections to a
   stopped node time out; its disk is kept), ``.status()``. Tests that stop a node must start
   it again (try/finally): the lab is shared by the whole session.

@@ -231,17 +231,11 @@ class FakeRemote:
         verb = words[1]
         units = [w for w in words[2:] if not w.startswith("-")]
         services, node = self.state.services, self.state
-        if verb == "start":
+        if verb in ("start", "restart"):
             for unit in units:
                 services[unit] = FakeService(True, node.tick(), services.get(unit, FakeService()).enabled)
-                node.starts.append(unit)
-                node.event(f"start {unit}")
-            return ""
-        if verb == "restart":
-            for unit in units:
-                services[unit] = FakeService(True, node.tick(), services.get(unit, FakeService()).enabled)
-                node.restarts.append(unit)
-                node.event(f"restart {unit}")
+                (node.starts if verb == "start" else node.restarts).append(unit)
+                node.event(f"{verb} {unit}")
             return ""
         if verb == "enable":
             for unit in units:

@@ -4,17 +4,13 @@ cleanup and two labs side by side."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import ipaddress
 import os
-import signal
+import shutil
 import socket
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
@@ -24,6 +20,9 @@ from hardway import deploy, inventory, remote
 from hardway import lab as lab_lib
 from hardway.errors import HardwayError
 from hardway.files import File
+from hardway.lab import image as lab_image
+from hardway.lab import probes as lab_probes
+from tests.labtools import connect, invoke, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,8 +69,8 @@ def test_bad_lab_names_are_one_line_errors(bad: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_default_plan() -> None:
-    p = lab_lib.plan()
+def test_default_layout() -> None:
+    p = lab_lib.layout()
     assert p.name == "lab" and p.subnet == ipaddress.ip_network("10.77.0.0/24")
     assert [(n.name, str(n.address), n.roles) for n in p.nodes] == [
         ("controller-0", "10.77.0.10", ("controller",)),
@@ -99,19 +98,19 @@ def test_default_plan() -> None:
     ("10.77.0.0/24", 0, 2, "controllers"),
     ("10.77.0.0/27", 3, 12, "do not fit"),
 ])
-def test_plan_rejects(subnet: str, controllers: int, workers: int, says: str) -> None:
+def test_layout_rejects(subnet: str, controllers: int, workers: int, says: str) -> None:
     with pytest.raises(HardwayError, match=says):
-        lab_lib.plan("lab", controllers, workers, subnet)
+        lab_lib.layout("lab", controllers, workers, subnet)
 
 
 def test_twelve_nodes_fit_a_24() -> None:
-    p = lab_lib.plan("b12", 3, 9, "10.78.5.0/24")
+    p = lab_lib.layout("b12", 3, 9, "10.78.5.0/24")
     assert len(p.nodes) == 12 and str(p.nodes[-1].address) == "10.78.5.28"
     assert str(p.nodes[-1].pod_cidr) == "10.200.8.0/24"
 
 
 def test_inventory_round_trips_through_the_loader(tmp_path: Path) -> None:
-    p = lab_lib.plan("t1", 3, 1, "10.78.9.0/24", state_root=tmp_path / "labs")
+    p = lab_lib.layout("t1", 3, 1, "10.78.9.0/24", state_root=tmp_path / "labs")
     inv = inventory.parse(lab_lib.render_inventory(p), "lab.yaml", base=Path("/nonexistent"))
     assert inv.cluster_name == "t1"
     assert str(inv.service_cidr) == "10.32.0.0/24" and str(inv.cluster_cidr) == "10.200.0.0/16"
@@ -130,13 +129,13 @@ def test_inventory_round_trips_through_the_loader(tmp_path: Path) -> None:
 
 def test_shipped_inventory_is_what_lab_up_writes_by_default() -> None:
     shipped = (ROOT / "inventory" / "lab.yaml").read_text()
-    assert shipped == lab_lib.render_inventory(lab_lib.plan())
+    assert shipped == lab_lib.render_inventory(lab_lib.layout())
     inv = inventory.load(ROOT / "inventory" / "lab.yaml")
     assert inv.cluster_name == "lab" and len(inv.controllers) == 3 and len(inv.workers) == 2
 
 
 def test_write_inventory_only_when_changed(tmp_path: Path) -> None:
-    p = lab_lib.plan("t2", 1, 0, "10.78.10.0/24", state_root=tmp_path)
+    p = lab_lib.layout("t2", 1, 0, "10.78.10.0/24", state_root=tmp_path)
     target = tmp_path / "inv.yaml"
     assert lab_lib.write_inventory(p, target) is True
     mtime = target.stat().st_mtime_ns
@@ -145,12 +144,12 @@ def test_write_inventory_only_when_changed(tmp_path: Path) -> None:
 
 
 def test_hosts_sshd_and_known_hosts_rendering(tmp_path: Path) -> None:
-    p = lab_lib.plan("t3", 3, 1, "10.78.11.0/24")
+    p = lab_lib.layout("t3", 3, 1, "10.78.11.0/24")
     hosts = lab_lib.render_hosts(p)
     for n in p.nodes:
         assert f"{n.address}\t{n.name}\n" in hosts
     assert "ListenAddress 10.78.11.20\n" in lab_lib.render_sshd_config(p.node("worker-0"))
-    _, public = lab_lib._host_key()
+    _, public = lab_image.new_ssh_key()
     line = lab_lib.known_hosts_line(p.node("controller-1"), f"{public} root@controller-1")
     assert line.startswith("controller-1,10.78.11.11 ssh-ed25519 ")
     path = tmp_path / "known_hosts"
@@ -161,7 +160,7 @@ def test_hosts_sshd_and_known_hosts_rendering(tmp_path: Path) -> None:
 
 
 def test_nspawn_command_line_is_recognised_per_lab() -> None:
-    p = lab_lib.plan("lab", 1, 0)
+    p = lab_lib.layout("lab", 1, 0)
     argv = lab_lib.nspawn_command(p, p.nodes[0])
     assert lab_lib.nspawn_node(["/usr/bin/" + argv[0], *argv[1:]], p.state_dir) == "controller-0"
     assert lab_lib.nspawn_node(argv, Path("/var/lib/hardway/labs/la")) is None
@@ -221,7 +220,7 @@ def test_node_image_masks_services_and_hides_distributed_binaries(tmp_path: Path
 
 
 def test_preflight_refuses_non_root_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab_lib.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     for call in (lambda: lab_lib.up("tx"), lambda: lab_lib.down("tx"), lambda: lab_lib.status("tx")):
         with pytest.raises(HardwayError, match="needs root") as err:
             call()
@@ -229,9 +228,9 @@ def test_preflight_refuses_non_root_in_one_line(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_preflight_installs_missing_packages_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lab_lib.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(lab_lib.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(lab_lib, "missing_packages", lambda: ["etcd-server", "etcd-client"])
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(lab_probes, "missing_packages", lambda: ["etcd-server", "etcd-client"])
     calls: list[list[str]] = []
 
     def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -239,7 +238,7 @@ def test_preflight_installs_missing_packages_with_a_message(monkeypatch: pytest.
         failing = cmd[:2] == ["apt-get", "install"]
         return subprocess.CompletedProcess(cmd, 100 if failing else 0, "", "E: Unable to locate package")
 
-    monkeypatch.setattr(lab_lib.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     said: list[str] = []
     with pytest.raises(HardwayError, match="could not install etcd-server etcd-client") as err:
         lab_lib.preflight(report=said.append)
@@ -250,7 +249,7 @@ def test_preflight_installs_missing_packages_with_a_message(monkeypatch: pytest.
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts (mknod) and chown need root")
 def test_prepare_node_writes_identity_masks_and_whiteouts(tmp_path: Path) -> None:
-    p = lab_lib.plan("t4", 1, 1, "10.78.12.0/24", state_root=tmp_path / "labs")
+    p = lab_lib.layout("t4", 1, 1, "10.78.12.0/24", state_root=tmp_path / "labs")
     image = lab_lib.NodeImage(masks=("postgresql.service",), hidden=("usr/bin/etcd", "var/lib/etcd"),
                               emptied=("root", "tmp"))
     node = p.node("worker-0")
@@ -305,54 +304,6 @@ def test_format_status_table() -> None:
 # The real lab
 
 
-@contextlib.contextmanager
-def connect(the_lab: lab_lib.Lab, node: str, known_hosts: Path | None = None) -> Iterator[remote.Remote]:
-    """hardway's own remote layer (strict host keys from the inventory's known_hosts)."""
-    inv = the_lab.inventory
-    if known_hosts is not None:
-        inv = dataclasses.replace(inv, ssh=dataclasses.replace(inv.ssh, known_hosts=known_hosts))
-    r = remote.connect(inv, inv.node(node))
-    try:
-        yield r
-    finally:
-        r.close()
-
-
-def run(r: remote.Remote, cmd: str) -> str:
-    return r.run(cmd, check=False).stdout.strip()
-
-
-def leftovers(name: str, subnet: ipaddress.IPv4Network | None = None) -> list[str]:
-    """Whatever of lab ``name`` is still on the host, found the way a person would look."""
-    state_dir = lab_lib.STATE_ROOT / name
-    found = []
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    found += [f"process {ln.strip()}" for ln in ps.splitlines()
-              if "systemd-nspawn" in ln and f"{state_dir}/" in ln]
-    mounts = Path("/proc/mounts").read_text()
-    found += [f"mount {ln}" for ln in mounts.splitlines() if str(state_dir) in ln]
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    found += [f"netns {ln}" for ln in netns.splitlines() if ln.startswith(f"hw.{name}.")]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    pattern = lab_lib.link_pattern(name)
-    for ln in links.splitlines():
-        ifname = ln.split(":")[1].strip().split("@")[0]
-        if pattern.match(ifname):
-            found.append(f"link {ifname}")
-    if subnet is not None:
-        routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-        found += [f"route {ln}" for ln in routes.splitlines() if ln.startswith(str(subnet))]
-    if state_dir.exists():
-        found.append(f"state dir {state_dir}")
-    found += [f"nspawn dir {p}" for p in Path("/run/systemd/nspawn").glob(f"*/hw.{name}.*")]
-    return found
-
-
-def invoke(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.mark.lab
 def test_every_node_answers_strict_ssh_as_the_inventory_says(lab: lab_lib.Lab) -> None:
     inv = lab.inventory
@@ -367,7 +318,7 @@ def test_every_node_answers_strict_ssh_as_the_inventory_says(lab: lab_lib.Lab) -
                              "journalctl -b -u $u --no-pager -o short-monotonic | tail -n 6; done") if failed else ""
             assert state == "running", f"{node.name}: {state}; failed units: {failed}\n{journal}"
             addr = run(c, "ip -o -4 addr show dev eth0")
-            assert f"inet {node.address}/{lab.plan.subnet.prefixlen} " in addr
+            assert f"inet {node.address}/{lab.layout.subnet.prefixlen} " in addr
             machine_ids.add(run(c, "cat /etc/machine-id"))
             assert run(c, "getent hosts controller-0").split()[0] == str(inv.node("controller-0").address)
     assert len(machine_ids) == len(inv.nodes)
@@ -418,10 +369,10 @@ def test_up_on_a_running_lab_changes_nothing(lab: lab_lib.Lab) -> None:
     pids = lab.pids()
     inventory_mtime = lab.inventory_path.stat().st_mtime_ns
     said: list[str] = []
-    lab_lib.up(lab.name, lab.plan.controllers, lab.plan.workers, report=said.append)
+    lab_lib.up(lab.name, lab.layout.controllers, lab.layout.workers, report=said.append)
     assert any("already running" in s and "nothing changed" in s for s in said), said
-    res = invoke("lab.up", "--name", lab.name, "--nodes", str(lab.plan.controllers),
-                 "--workers", str(lab.plan.workers))
+    res = invoke("lab.up", "--name", lab.name, "--nodes", str(lab.layout.controllers),
+                 "--workers", str(lab.layout.workers))
     assert res.returncode == 0, res.stderr
     assert "already running" in res.stdout
     assert lab.pids() == pids
@@ -437,7 +388,7 @@ def test_status_prints_a_table(lab: lab_lib.Lab) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["NODE", "ADDRESS", "ROLES", "MACHINE", "SYSTEMD", "SSH"]
-    for node, line in zip(lab.plan.nodes, lines[1:], strict=True):
+    for node, line in zip(lab.layout.nodes, lines[1:], strict=True):
         cells = line.split()
         assert cells[:3] == [node.name, str(node.address), ",".join(node.roles)]
         assert cells[3] == "running" and cells[-2:] == ["running", "ok"]
@@ -445,7 +396,7 @@ def test_status_prints_a_table(lab: lab_lib.Lab) -> None:
 
 @pytest.mark.lab
 def test_stop_node_makes_it_unreachable_and_start_node_brings_it_back(lab: lab_lib.Lab) -> None:
-    node = lab.plan.nodes[-1]
+    node = lab.layout.nodes[-1]
     with connect(lab, node.name) as c:
         machine_id = run(c, "cat /etc/machine-id")
     others = {n: pid for n, pid in lab.pids().items() if n != node.name}
@@ -458,8 +409,8 @@ def test_stop_node_makes_it_unreachable_and_start_node_brings_it_back(lab: lab_l
         with pytest.raises(OSError):  # timeout or no route to host: like a machine switched off
             socket.create_connection((str(node.address), 22), timeout=2).close()
         assert time.monotonic() - started > 0.5, "refused at once: the node answers like a live host"
-        with connect(lab, lab.plan.nodes[0].name) as c:
-            assert run(c, "hostname") == lab.plan.nodes[0].name
+        with connect(lab, lab.layout.nodes[0].name) as c:
+            assert run(c, "hostname") == lab.layout.nodes[0].name
     finally:
         lab.start_node(node.name)
     with connect(lab, node.name) as c:
@@ -470,68 +421,17 @@ def test_stop_node_makes_it_unreachable_and_start_node_brings_it_back(lab: lab_l
 
 
 @pytest.mark.lab
-def test_down_removes_everything(lab_factory) -> None:
-    small = lab_factory(1, 0)
-    assert leftovers(small.name)  # the check sees a live lab
-    lab_factory.down(small.name)
-    assert leftovers(small.name, small.plan.subnet) == []
-    said: list[str] = []
-    lab_lib.down(small.name, report=said.append)
-    assert said == [f"lab {small.name}: nothing to remove"]
-
-
-def kill_lab_up_halfway(name: str, subnet: ipaddress.IPv4Network) -> None:
-    """Run lab.up (1 controller + 1 worker) in a subprocess and SIGKILL it once a machine runs."""
-    script = f"from hardway import lab; lab.up({name!r}, 1, 1, {str(subnet)!r})"
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(s.startswith("process") for s in leftovers(name)):
-            assert proc.poll() is None, "lab.up finished before it could be killed"
-            assert time.monotonic() < deadline, "no node started within 60 s"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    found = leftovers(name)
-    assert any(s.startswith("process") for s in found) and any(s.startswith("mount") for s in found), found
-
-
-@pytest.mark.lab
-def test_down_cleans_up_after_lab_up_was_killed_halfway(lab_factory) -> None:
-    name, subnet = lab_factory.reserve()
-    kill_lab_up_halfway(name, subnet)
-    started = time.monotonic()
-    lab_factory.down(name)
-    assert leftovers(name, subnet) == []
-    assert time.monotonic() - started < 15, "a machine killed early in its boot was not powered off"
-
-
-@pytest.mark.lab
-def test_up_after_a_killed_up_finishes_the_lab(lab_factory) -> None:
-    name, subnet = lab_factory.reserve()
-    kill_lab_up_halfway(name, subnet)
-    resumed = lab_lib.up(name, 1, 1, str(subnet), report=lambda _: None)
-    for node in ("controller-0", "worker-0"):
-        with connect(resumed, node) as c:
-            assert run(c, "hostname") == node
-    lab_factory.down(name)
-    assert leftovers(name, subnet) == []
-
-
-@pytest.mark.lab
 def test_a_second_lab_runs_beside_the_first(lab: lab_lib.Lab, lab_factory) -> None:
     pids = lab.pids()
     second = lab_factory(1, 0)
     try:
-        assert second.plan.subnet != lab.plan.subnet and second.plan.bridge != lab.plan.bridge
+        assert second.layout.subnet != lab.layout.subnet and second.layout.bridge != lab.layout.bridge
         for the_lab in (lab, second):
             with connect(the_lab, "controller-0") as c:
                 assert run(c, "hostname") == "controller-0"
                 assert f"inet {the_lab.inventory.node('controller-0').address}/" in run(c, "ip -o -4 addr")
         with connect(second, "controller-0") as c:  # the labs do not see each other
-            assert run(c, f"timeout 3 bash -c '</dev/tcp/{lab.plan.nodes[0].address}/22' || echo unreachable") \
+            assert run(c, f"timeout 3 bash -c '</dev/tcp/{lab.layout.nodes[0].address}/22' || echo unreachable") \
                 == "unreachable"
     finally:
         lab_factory.down(second.name)
@@ -566,22 +466,3 @@ def test_node_image_empties_the_checkout_and_tmp() -> None:
     emptied = lab_lib.node_image().emptied
     assert {"tmp", "var/tmp", "root"} <= set(emptied)
     assert str(lab_lib.PROJECT_ROOT.relative_to("/")) in emptied
-
-
-@pytest.mark.lab
-@pytest.mark.parametrize("failure", [OSError(5, "Input/output error", "/sys/class/net/x"), KeyboardInterrupt()])
-def test_a_fresh_up_that_crashes_midway_leaves_nothing(lab_factory, monkeypatch, failure: BaseException) -> None:
-    name, subnet = lab_factory.reserve()
-    real_start = lab_lib._start
-
-    def start_then_fail(p, node):  # the first machine is up, netns and mounts exist: then it breaks
-        real_start(p, node)
-        raise failure
-
-    monkeypatch.setattr(lab_lib, "_start", start_then_fail)
-    expected = HardwayError if isinstance(failure, OSError) else KeyboardInterrupt
-    with pytest.raises(expected) as err:
-        lab_lib.up(name, 2, 0, str(subnet), report=lambda _m: None)
-    if expected is HardwayError:
-        assert str(err.value) == f"lab {name}: Input/output error: /sys/class/net/x; nothing was left behind"
-    assert leftovers(name, subnet) == []

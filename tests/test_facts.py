@@ -1,0 +1,133 @@
+"""Fact parsers on outputs recorded from real lab nodes (tests/data/facts/<fact>/<case>), and the
+pure decisions taken from them (what to push, what to start or restart)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from hardway import deploy, facts, inventory, services
+from hardway.chapters.etcd import ids, preflight
+from hardway.chapters.etcd import verify as etcd_verify
+from hardway.errors import HardwayError
+from hardway.facts import FactOutput, FileStat, UnitState
+from hardway.files import File
+
+DATA = Path(__file__).parent / "data" / "facts"
+INV = inventory.load(Path(__file__).resolve().parent.parent / "inventory" / "sample.yaml")
+PATHS = ["/etc/etcd/ca.crt", "/etc/etcd/etcd.key", "/etc/etcd/missing.pem"]
+
+
+def recorded(fact: str, case: str) -> FactOutput:
+    text = (DATA / fact / case).read_text()
+    if fact == "etcd_health":  # recorded as "<exit code>\n<output>"
+        code, _, out = text.partition("\n")
+        return FactOutput(out, int(code))
+    return FactOutput(text, 0)
+
+
+def test_file_hashes_and_stats_name_the_missing_file_none() -> None:
+    hashes = facts.file_hashes(PATHS).parse(recorded("file_hashes", "two-present-one-missing.txt"))
+    assert set(hashes) == set(PATHS) and hashes["/etc/etcd/missing.pem"] is None
+    assert all(len(hashes[p] or "") == 64 for p in PATHS[:2])
+    stats = facts.file_stats(PATHS).parse(recorded("file_stats", "two-present-one-missing.txt"))
+    assert stats["/etc/etcd/etcd.key"] is not None and stats["/etc/etcd/etcd.key"].mode == 0o600
+    assert (stats["/etc/etcd/ca.crt"].owner, stats["/etc/etcd/ca.crt"].mode) == ("root", 0o644)
+    assert stats["/etc/etcd/ca.crt"].mtime > 1_700_000_000 and stats["/etc/etcd/missing.pem"] is None
+
+
+def test_unit_states_of_a_running_an_absent_and_a_stopped_unit() -> None:
+    states = facts.unit_states(("etcd", "kubelet")).parse(recorded("unit_states", "etcd-active-kubelet-absent.txt"))
+    assert states["etcd"].active == "active" and states["etcd"].enabled == "enabled"
+    assert states["etcd"].main_pid > 0 and states["etcd"].since is not None
+    assert states["kubelet"] == UnitState("inactive", None, "", 0)
+    stopped = facts.unit_states(("etcd",)).parse(recorded("unit_states", "etcd-inactive.txt"))["etcd"]
+    assert stopped.active == "inactive" and stopped.main_pid == 0
+
+
+def test_listeners_say_which_process_holds_each_port() -> None:
+    held = facts.parse_listeners(recorded("listeners", "etcd-and-sshd.txt"))
+    assert held[2379][1] == "etcd" and held[2380][1] == "etcd" and held[22][1] == "sshd"
+    assert held[2379][0] == held[2380][0] > 0
+
+
+def test_the_deployment_record_reads_back() -> None:
+    record = deploy.parse_record(recorded("deployed", "etcd-chapter.json"))
+    assert record["/etc/etcd/etcd.key"].mode == 0o600 and record["/etc/etcd/etcd.key"].chapter == "etcd"
+    assert len(record) == 6
+    assert deploy.parse_record(FactOutput("", 0)) == {}, "no record yet: nothing deployed"
+    with pytest.raises(HardwayError, match="is not hardway's deployment record"):
+        deploy.parse_record(FactOutput('{"files": {"/x": {"sha256": 1}}}', 0))
+
+
+def test_etcd_answers() -> None:
+    status = json.loads(recorded("etcd_status", "three-members.json").stdout)
+    assert status[0]["Status"]["leader"] > 0
+    members = json.loads(recorded("etcd_members", "three-members.json").stdout)["members"]
+    assert len(members) == 3 and all(m["peerURLs"] for m in members)
+    health = etcd_verify.health(INV, INV.controllers[0])
+    assert health.parse(recorded("etcd_health", "healthy.txt"))[0] is True
+    ok, text = health.parse(recorded("etcd_health", "stopped.txt"))
+    assert not ok and text.endswith("Error: unhealthy cluster")
+
+
+def test_preflight_facts_of_a_running_member() -> None:
+    d = "/var/lib/etcd"
+    assert preflight.data_dir_entries(d).parse(recorded("data_dir_entries", "member.txt")) == ["member"]
+    head = preflight.wal_head(d).parse(recorded("wal_head", "this-cluster.b64"))
+    assert head is not None and ids.wal_metadata(head) is not None
+    p99 = preflight.fsync_p99(d).parse(recorded("fsync_p99", "lab-overlay.txt"))
+    assert p99 is not None and p99 > 0
+    assert preflight.fsync_p99(d).parse(FactOutput("", 99)) is None, "no python3 on the node"
+    assert base64.b64decode((DATA / "wal_head" / "this-cluster.b64").read_text())
+
+
+def test_a_parser_that_cannot_read_its_answer_names_node_and_fact() -> None:
+    class Answering:
+        node = INV.controllers[0]
+
+        def gather(self, asked, timeout=None):
+            return {f.key: FactOutput("garbage", 0) for f in asked}
+
+    with pytest.raises(HardwayError, match=r"^controller-0: cannot read fact fsync_p99 \(ValueError"):
+        facts.gather(Answering(), [preflight.fsync_p99("/var/lib/etcd")])
+
+
+# --- decisions from facts --------------------------------------------------------------------
+
+UNIT = File("/etc/systemd/system/etcd.service", 0o644, content=b"u", services=("etcd",), chapter="etcd")
+CERT = File("/etc/etcd/etcd.crt", 0o644, content=b"c", services=("etcd",), chapter="etcd")
+
+
+def test_plan_start_starts_stopped_enables_disabled_and_restarts_only_changed() -> None:
+    stats = {UNIT.path: FileStat(0o644, "root", "root", 100), CERT.path: FileStat(0o644, "root", "root", 100)}
+    fresh = services.plan_start(("etcd",), [UNIT.path, CERT.path], [UNIT, CERT], {},
+                                {"etcd": UnitState("inactive", None, "")})
+    assert fresh == services.StartPlan(True, ("etcd",), ("etcd",), ())
+    running = {"etcd": UnitState("active", 200, "enabled")}
+    assert services.plan_start(("etcd",), [], [UNIT, CERT], stats, running) == services.StartPlan(False, (), (), ())
+    changed = services.plan_start(("etcd",), [CERT.path], [UNIT, CERT], stats, running)
+    assert changed == services.StartPlan(False, (), (), ("etcd",)) and not changed.reload
+
+
+def test_a_unit_started_before_its_files_changed_is_stale() -> None:
+    stats = {CERT.path: FileStat(0o644, "root", "root", 300)}
+    assert services.stale_units([CERT], stats, {"etcd": UnitState("active", 200, "enabled")}) == {"etcd"}
+    assert services.stale_units([CERT], stats, {"etcd": UnitState("active", 300, "enabled")}) == set()
+    assert services.stale_units([CERT], stats, {"etcd": UnitState("inactive", 200, "enabled")}) == set()
+
+
+def test_plan_push_sorts_writes_fixes_records_and_foreign_files() -> None:
+    record = {UNIT.path: deploy.Deployed("0" * 64, 0o644, "root", "root", "etcd")}
+    hashes = {UNIT.path: "f" * 64, CERT.path: CERT.sha256, "/etc/etcd/ca.crt": "e" * 64}
+    stats = {CERT.path: FileStat(0o600, "root", "root", 1)}
+    ca = File("/etc/etcd/ca.crt", 0o644, content=b"ca", chapter="etcd")
+    key = File("/etc/etcd/etcd.key", 0o600, content=b"k", secret=True, chapter="etcd")
+    plan = deploy.plan_push([UNIT, CERT, ca, key], hashes, stats, record)
+    assert plan.write == [UNIT, key], "ours and changed, and missing"
+    assert plan.fix == [CERT], "the planned bytes with the wrong mode"
+    assert plan.foreign == [ca], "present, not ours, different"
+    assert set(plan.record) == {UNIT.path, CERT.path, key.path} and plan.record_changed
