@@ -189,14 +189,17 @@ LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventor
     "name": LAB_NAME_HELP,
     "subnet": "the lab's IPv4 subnet (default 10.77.0.0/24; another lab needs another one)",
     "timeout": "seconds to wait for every node to be SSH-ready (default: 60 + 10 per node)",
+    "loadbalancers": "load-balancer nodes, 0 or 1 (default 1, or the running lab's): lb-0 runs HAProxy in "
+                     "front of the apiservers",
 })
 @user_errors
-def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None):
+def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None, loadbalancers=None):
     """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
     from hardway import lab
 
     copy = ROOT / "inventory" / "lab.yaml" if name == lab.DEFAULT_NAME else None
     lab.up(name, whole_number(nodes, "--nodes"), whole_number(workers, "--workers"), subnet, inventory_copy=copy,
+           loadbalancers=whole_number(loadbalancers, "--loadbalancers"),
            timeout=None if timeout is None else seconds(timeout, "--timeout", 0.0))
 
 

@@ -35,7 +35,7 @@ def controller(node: FakeNode, unready_polls: int = 0) -> None:
         "etcd_health": FactOutput("https://127.0.0.1:2379 is healthy", 0),
         "apiserver_readyz": running("kube-apiserver"),
         "component_healthz": component,
-        "unit_pids": "", "journal": "", "unit_lint": "",
+        "unit_pids": "", "journal": "", "unit_lint": "", "curl": "/usr/bin/curl",
         "apiserver_etcd_client": FactOutput("is healthy", 0),
     })
 

@@ -157,12 +157,13 @@ def _first_line(out: FactOutput) -> str:
 
 HAPROXY_VERSION: Fact[str] = Fact("haproxy_version", f"{lb.HAPROXY} -v 2>/dev/null | head -n 1", _first_line)
 PYTHON3: Fact[str] = Fact("python3", "command -v python3", _first_line)
+CURL: Fact[str] = Fact("curl", "command -v curl", _first_line)
 
 
 def node_facts(inv: Inventory, node: Node, units: Sequence[str]) -> list[Fact]:
     facts: list[Fact] = [ARCH, LISTENERS, unit_pids(units)]
     if node.is_controller:
-        facts.append(etcd_health(inv, node))
+        facts += [etcd_health(inv, node), CURL]
     if node.is_loadbalancer:
         facts += [HAPROXY_VERSION, PYTHON3]
     return facts
@@ -193,6 +194,9 @@ def judge(inv: Inventory, node: Node, facts: FactValues, units: Sequence[str],
             last = (text.splitlines() or ["no answer"])[-1][:160]
             out.append(Finding(name, FAIL, f"etcd is not healthy on {name} ({last}); the apiserver needs it: run "
                                            "`invoke bootstrap-etcd` first"))
+        if not facts[CURL]:
+            out.append(Finding(name, FAIL, f"no curl on {name}: hardway asks the controller manager and the "
+                                           "scheduler for /healthz with it; run `apt-get install curl` there"))
     ports = {PORTS[u]: u for u in units if u in PORTS}
     if lb.UNIT in units:
         ports[inv.api_endpoint.port] = lb.UNIT
