@@ -37,6 +37,8 @@ def controller(node: FakeNode, unready_polls: int = 0) -> None:
         "component_healthz": component,
         "unit_pids": "", "journal": "", "unit_lint": "", "curl": "/usr/bin/curl",
         "apiserver_etcd_client": FactOutput("is healthy", 0),
+        "server_version": '{"serverVersion": {"gitVersion": "v1.32.3-hardway-standin"}}',
+        "rbac_objects": FactOutput("the server could not find the requested resource", 1),
     })
 
 

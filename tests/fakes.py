@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from hardway.deploy import RECORD, STAGING
-from hardway.facts import Fact, FactOutput
+from hardway.facts import Fact, FactOutput, parts_output
 from hardway.inventory import Inventory, Node
 from hardway.remote import CommandResult, RemoteError
 
@@ -95,6 +95,8 @@ class FakeNode:
 
     def _builtin(self, fact: Fact) -> FactOutput:
         fs = self.files
+        if fact.args and all(isinstance(a, Fact) for a in fact.args):  # facts.concurrently: answer each part
+            return parts_output([self.answer(part) for part in fact.args])
         if fact.name == "file_hashes":
             return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in fact.args if p in fs))
         if fact.name == "file_stats":
@@ -246,6 +248,10 @@ class FakeRemote:
                 if unit in services:
                     services[unit].active = False
                 node.event(f"stop {unit}")
+            return ""
+        if verb == "reload":
+            for unit in units:
+                node.event(f"reload {unit}")
             return ""
         if verb in ("daemon-reload", "reset-failed"):
             node.event(verb)

@@ -30,6 +30,7 @@ from hardway.chapters.control_plane.files import (
     PORTS,
     RBAC,
     SCHEDULER,
+    is_standin,
     label,
 )
 from hardway.errors import HardwayError
@@ -249,6 +250,9 @@ RBAC_OBJECTS = ("clusterrole/system:kube-apiserver-to-kubelet", "clusterrolebind
 def apply_rbac(ctx: Context) -> str:
     """The apiserver->kubelet RBAC, with real kubectl on a controller (idempotent: `unchanged` on a re-run)."""
     node = ctx.inv.controllers[0]
+    if is_standin(ctx.inv, APISERVER):  # the plan installed it; verify asks the running one (`kubectl version`)
+        ctx.progress(node, "RBAC apiserver→kubelet: skipped: stand-in (it serves no RBAC API)")
+        return "apiserver→kubelet RBAC: skipped: stand-in"
     version = server_version(ctx, node)
     if says_standin(version):
         ctx.progress(node, f"RBAC apiserver→kubelet: skipped: stand-in ({version} serves no RBAC API)")

@@ -7,8 +7,10 @@ RBAC objects) is "skip", never ok.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from hardway import pki, remote
@@ -27,7 +29,18 @@ from hardway.chapters.control_plane.files import (
 )
 from hardway.chapters.etcd.files import ETCDCTL
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
-from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint, unit_states
+from hardway.facts import (
+    Fact,
+    FactOutput,
+    FactValues,
+    concurrently,
+    file_hashes,
+    file_stats,
+    gather,
+    journal_since_start,
+    unit_lint,
+    unit_states,
+)
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.paths import APISERVER_PORT, unit_file
@@ -108,22 +121,32 @@ class NodeFacts:
     config_check: tuple[bool, str] | None = None
 
 
-def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[File]) -> NodeFacts:
+def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[File],
+                extra: Sequence[Fact] = ()) -> tuple[NodeFacts, FactValues]:
+    """Everything verify reads from one node in one round trip; the slow probes (kubectl, curl,
+    etcdctl, sha256 of the binaries, systemd-analyze) run at the same time there. ``extra``: more
+    slow facts to run alongside (their values come back as the second item)."""
     paths = [f.path for f in files]
     states, hashes, stats = unit_states(units), file_hashes(paths), file_stats(paths)
     lint = unit_lint([unit_file(u) for u in units])
     journals = {u: journal_since_start(u) for u in units}
-    asked = {u: apply.probe(u, r.node) for u in units}
-    extra = [etcd_client(inv)] if r.node.is_controller else [HAPROXY_CHECK] if r.node.is_loadbalancer else []
-    v = gather(r, [states, hashes, stats, lint, *journals.values(), *asked.values(), *extra], timeout=60)
-    f = NodeFacts({u: s.active for u, s in v[states].items()}, v[hashes],
-                  {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items()},
-                  v[lint], {u: v[j] for u, j in journals.items()}, {u: v[a] for u, a in asked.items()})
-    if r.node.is_controller:
-        f.etcd = v[etcd_client(inv)]
+    # the apiserver's /readyz is asked from the jumpbox (the "readyz" results): a client's view, and one
+    # kubectl less per node; its etcd client once (every controller holds the same files, hashed here)
+    asked = {u: apply.probe(u, r.node) for u in units if u != APISERVER}
+    first = r.node == inv.controllers[0]
+    own = [etcd_client(inv)] if first else [HAPROXY_CHECK] if r.node.is_loadbalancer else []
+    slow = concurrently("control_plane_probes", list({f.key: f for f in
+                                                       [hashes, lint, *asked.values(), *own, *extra]}.values()))
+    v = gather(r, [states, stats, *journals.values(), slow], timeout=60)
+    p = FactValues(v[slow])
+    f = NodeFacts({u: s.active for u, s in v[states].items()}, p[hashes],
+                  {path: (st.mode, st.owner, st.group) if st else None for path, st in v[stats].items()},
+                  p[lint], {u: v[j] for u, j in journals.items()}, {u: p[a] for u, a in asked.items()})
+    if first:
+        f.etcd = p[etcd_client(inv)]
     if r.node.is_loadbalancer:
-        f.config_check = v[HAPROXY_CHECK]
-    return f
+        f.config_check = p[HAPROXY_CHECK]
+    return f, p
 
 
 def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFacts,
@@ -173,11 +196,13 @@ def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFact
     if not bad_files:
         add("files", OK, f"{len(files)} files present with the planned content and mode")
     for u in units:
-        answer = facts.probes.get(u)
+        if u not in facts.probes:
+            continue
+        answer = facts.probes[u]
         if u == lb.UNIT:
             res.extend(judge_backends(inv, node, answer))  # type: ignore[arg-type]
             continue
-        what = "/readyz (kubectl, admin-local kubeconfig)" if u == APISERVER else "/healthz on loopback"
+        what = "/healthz on loopback"
         ok = apply.healthy(u, answer)
         text = answer[1] if isinstance(answer, tuple) else ""
         add("health", OK if ok else FAIL, f"{label(inv, u)} {what}: " + ((text.splitlines() or ["?"])[-1][:140]),
@@ -190,7 +215,7 @@ def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFact
                  + ((text.splitlines() or ['no answer'])[-1][:140]),
             "" if ok else "`invoke verify --chapter etcd`; after a CA change `invoke rotate-certs`")
     for u in units:
-        up = apply.healthy(u, facts.probes.get(u))
+        up = apply.healthy(u, facts.probes[u]) if u in facts.probes else facts.states.get(u) == "active"
         seen = False
         for pattern, cause, fix in (*SIGNATURES.get(u, ()), *COMMON):
             line = next((ln for ln in facts.journals.get(u, "").splitlines() if re.search(pattern, ln)), None)
@@ -260,49 +285,71 @@ def judge_readyz(where: str, seen: probes.Probe, hint: str) -> CheckResult:
     return CheckResult(CHAPTER, "readyz", where, status, f"{seen.detail}{tag}", hint)
 
 
-def rbac_results(ctx: Context) -> list[CheckResult]:
-    node = ctx.inv.controllers[0]
+def server_version(out: FactOutput) -> str:
+    """serverVersion.gitVersion from `kubectl version -o json`; the error line when it failed."""
     try:
-        version = apply.server_version(ctx, node)
-    except Exception as exc:  # the apiserver is down: the other results say why
-        return [CheckResult(CHAPTER, "rbac", node.name, FAIL, str(exc)[:200], "see the results above")]
+        return str(json.loads(out.stdout)["serverVersion"]["gitVersion"])
+    except (ValueError, KeyError, TypeError):
+        lines = out.stdout.strip().splitlines()
+        return f"error: {lines[-1] if lines else out.exit_code}"
+
+
+SERVER_VERSION: Fact[str] = Fact("server_version", apply.kubectl("version -o json"), server_version)
+RBAC_OBJECTS: Fact[tuple[bool, str]] = Fact("rbac_objects", apply.kubectl(
+    f"get {' '.join(apply.RBAC_OBJECTS)} -o name"), _answer)
+
+
+def judge_rbac(node: Node, version: str, objects: tuple[bool, str]) -> CheckResult:
+    if version.startswith("error: "):
+        return CheckResult(CHAPTER, "rbac", node.name, FAIL, f"kubectl version: {version[7:][:160]}",
+                           "the apiserver does not answer kubectl: see the results above")
     if says_standin(version):
-        return [CheckResult(CHAPTER, "rbac", "-", SKIP, f"skipped: stand-in ({version} serves no RBAC API)")]
-    r = ctx.connector(ctx.inv, node)
-    try:
-        out = r.run(apply.kubectl(f"get {' '.join(apply.RBAC_OBJECTS)} -o name"), check=False)
-    finally:
-        r.close()
-    if out.ok:
-        return [CheckResult(CHAPTER, "rbac", "-", OK, f"{' and '.join(apply.RBAC_OBJECTS)} exist ({version})")]
-    return [CheckResult(CHAPTER, "rbac", "-", FAIL, (out.stderr.strip() or out.stdout.strip())[:200],
-                        f"the apiserver cannot call kubelets (Forbidden user=kubernetes … nodes/proxy): run {FIX}")]
+        return CheckResult(CHAPTER, "rbac", "-", SKIP, f"skipped: stand-in ({version} serves no RBAC API)")
+    ok, text = objects
+    if ok:
+        return CheckResult(CHAPTER, "rbac", "-", OK, f"{' and '.join(apply.RBAC_OBJECTS)} exist ({version})")
+    return CheckResult(CHAPTER, "rbac", "-", FAIL, (text.splitlines() or ["kubectl get failed"])[-1][:200],
+                       f"the apiserver cannot call kubelets (Forbidden user=kubernetes … nodes/proxy): run {FIX}")
 
 
 def verify(ctx: Context, chapter: object) -> list[CheckResult]:
+    """Every node's facts (one round trip each) and the jumpbox's TLS probes, all at once."""
     inv, state = ctx.inv, ctx.state
     nodes = (*inv.controllers, *inv.loadbalancers)
     units = {n.name: chapter.node_units(n) for n in nodes}  # type: ignore[attr-defined]
     files = {n.name: ctx.files(chapter, n) for n in nodes}  # type: ignore[arg-type]
+    first = inv.controllers[0]
+
+    def node(r: Remote) -> tuple[NodeFacts, CheckResult | None]:
+        rbac = [SERVER_VERSION, RBAC_OBJECTS] if r.node == first else []  # as kubectl on a controller sees it
+        facts, v = gather_node(inv, r, units[r.node.name], files[r.node.name], rbac)
+        return facts, judge_rbac(r.node, v[SERVER_VERSION], v[RBAC_OBJECTS]) if rbac else None
+
+    admin = (state.cert("admin"), state.key("admin"))
+    with ThreadPoolExecutor(max_workers=len(inv.controllers) + 2) as pool:
+        gathered = pool.submit(remote.fan_out, inv, nodes, node, connector=ctx.connector)
+        served = {c.name: pool.submit(probes.get, str(c.address), APISERVER_PORT, "/readyz", state.cert("ca"), admin,
+                                      check_name=False) for c in inv.controllers}
+        through = pool.submit(apply.endpoint_probe, ctx)
+        outcomes = gathered.result()
     results: list[CheckResult] = []
-    outcomes = remote.fan_out(inv, nodes, lambda r: gather_node(inv, r, units[r.node.name], files[r.node.name]),
-                              connector=ctx.connector)
+    rbac: list[CheckResult] = []
     for o in outcomes:
         if not o.ok or o.value is None:
             results.append(CheckResult(CHAPTER, "reachable", o.node.name, FAIL, o.error or "unreachable",
                                        "start the machine / fix SSH"))
             continue
-        results.extend(judge_node(inv, o.node, units[o.node.name], o.value, files[o.node.name]))
-    admin = (state.cert("admin"), state.key("admin"))
+        facts, rbac_result = o.value
+        results.extend(judge_node(inv, o.node, units[o.node.name], facts, files[o.node.name]))
+        rbac += [rbac_result] if rbac_result else []
     for c in inv.controllers:  # what a client sees, from here: the served certificate and /readyz
-        seen = probes.get(str(c.address), APISERVER_PORT, "/readyz", state.cert("ca"), admin, check_name=False)
+        seen = served[c.name].result()
         results.extend(judge_served(inv, c, seen))
         results.append(judge_readyz(c.name, seen, f"see the health and journal results of {c.name}"))
-    through = apply.endpoint_probe(ctx)
-    results.extend(judge_served(inv, None, through))
-    results.append(judge_readyz("endpoint", through, apply.endpoint_error(ctx, through)))
-    results.extend(rbac_results(ctx))
-    return results
+    seen = through.result()
+    results.extend(judge_served(inv, None, seen))
+    results.append(judge_readyz("endpoint", seen, apply.endpoint_error(ctx, seen)))
+    return results + rbac
 
 
 __all__ = ["COMPONENTS", "verify"]
