@@ -60,8 +60,8 @@ class HAProxy:
         return svc is not None and svc.active
 
     def status(self, name: str) -> str:
-        if self.admin[name] == "maint":
-            return "MAINT"
+        if self.admin[name] in ("maint", "drain"):
+            return self.admin[name].upper()
         api = self.cluster[name].services.get("kube-apiserver")
         return "UP" if api is not None and api.active else "DOWN"
 

@@ -157,7 +157,7 @@ def test_changed_apiservers_restart_one_at_a_time_drained_on_the_load_balancer(c
     steps = [e for e in cluster.log if "lb controller" in e or "restart kube-apiserver" in e
              or e.endswith("gather apiserver_readyz")]
     for i, c in enumerate(CONTROLLERS):
-        out, back = steps.index(f"lb-0: lb {c} maint"), steps.index(f"lb-0: lb {c} ready")
+        out, back = steps.index(f"lb-0: lb {c} drain"), steps.index(f"lb-0: lb {c} ready")
         restart = steps.index(f"{c}: restart kube-apiserver")
         assert out < restart < back, steps
         assert f"{c}: gather apiserver_readyz" in steps[restart:back], "ready before it is put back"
@@ -186,7 +186,7 @@ def test_an_apiserver_that_fails_its_restart_stays_drained_and_the_others_keep_s
                               "--etcd-servers: no endpoint answered within 60s”")
     assert "stays out of rotation on lb-0 and the other apiservers keep serving" in message
     assert cluster["controller-2"].restarts == [], "nothing after the failed one is restarted"
-    assert cluster.haproxy.admin == {"controller-0": "ready", "controller-1": "maint",  # type: ignore[attr-defined]
+    assert cluster.haproxy.admin == {"controller-0": "ready", "controller-1": "drain",  # type: ignore[attr-defined]
                                      "controller-2": "ready"}
 
 

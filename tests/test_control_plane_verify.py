@@ -67,7 +67,7 @@ def test_backends_name_the_down_and_the_drained() -> None:
     assert [(r.status, r.detail) for r in results] == [
         (OK, "controller-0 UP (L7OK Layer7 check passed)"),
         (FAIL, "controller-1 DOWN (L7STS Layer7 wrong status)"),
-        (FAIL, "controller-2 is in maintenance (drained)")]
+        (FAIL, "controller-2 is out of rotation (MAINT)")]
     assert "systemctl reload kube-apiserver-lb" in results[2].hint
     assert lb.parse_stat(FactOutput("no /run/kube-apiserver-lb/admin.sock: kube-apiserver-lb is not running", 3)) \
         is None

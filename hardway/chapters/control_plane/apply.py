@@ -220,9 +220,9 @@ def balancers_up(ctx: Context) -> list[str]:
 
     def up(r: Remote) -> None:
         seen = lb.servers(r) or {}
-        held = [n for n in names if n in seen and seen[n].status.startswith("MAINT")]
+        held = [n for n in names if n in seen and seen[n].status.startswith(("MAINT", "DRAIN"))]
         for n in held:
-            notes.append(f"{n} is in maintenance on {r.node.name}: left out (`systemctl reload {lb.UNIT}` there "
+            notes.append(f"{n} is drained on {r.node.name}: left out (`systemctl reload {lb.UNIT}` there "
                          "puts every apiserver back)")
         lb.wait_up(r, [n for n in names if n not in held], ctx.timeout)
 

@@ -6,7 +6,7 @@ clients see each apiserver's own certificate. It binds the endpoint port on ever
 so moving ``api_endpoint.address`` to another address of the node needs no reload. Each apiserver is
 health-checked on ``/readyz`` over TLS with a low-privilege client certificate.
 
-Before hardway restarts an apiserver it drains it here (runtime API: ``set server ... state maint``),
+Before hardway restarts an apiserver it drains it here (runtime API: ``set server ... state drain``),
 waits for its connections to end, restarts it, waits until it is ready, puts it back and waits until
 HAProxy's own check says UP: a client of the load balancer sees no failed request.
 """
@@ -129,16 +129,17 @@ def _set_state(r: Remote, server: str, state: str) -> None:
 
 
 def take_out(r: Remote, server: str, timeout: float = DRAIN_S) -> bool:
-    """Put ``server`` in maintenance (no new connections) and wait until its connections have ended,
-    cutting what is left after ``timeout`` (long watches: clients reconnect through the others).
-    False if this load balancer is not running, so there is nothing to take it out of."""
+    """Drain ``server`` (no new connections) and wait until its connections have ended, cutting what is
+    left after ``timeout`` (long watches: clients reconnect through the others). Drain, not maintenance:
+    maintenance marks the server down, and ``on-marked-down shutdown-sessions`` would cut a request in
+    flight. False if this load balancer is not running, so there is nothing to take it out of."""
     seen = servers(r)
     if seen is None:
         return False
     if server not in seen:
         raise HardwayError(f"{r.node.name}: HAProxy has no server {BACKEND}/{server}; its config is not the "
                            "rendered one (run `invoke bootstrap-control-plane`)")
-    _set_state(r, server, "maint")
+    _set_state(r, server, "drain")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = servers(r) or {}

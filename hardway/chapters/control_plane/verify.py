@@ -240,8 +240,8 @@ def judge_backends(inv: Inventory, node: Node, seen: dict[str, lb.Server] | None
                                    f"its config is not the rendered one: {FIX}"))
         elif s.up:
             res.append(CheckResult(CHAPTER, "backends", node.name, OK, f"{c.name} UP ({s.check})"))
-        elif s.status.startswith("MAINT"):
-            res.append(CheckResult(CHAPTER, "backends", node.name, FAIL, f"{c.name} is in maintenance (drained)",
+        elif s.status.startswith(("MAINT", "DRAIN")):
+            res.append(CheckResult(CHAPTER, "backends", node.name, FAIL, f"{c.name} is out of rotation ({s.status})",
                                    f"an interrupted restart left it out: `systemctl reload {lb.UNIT}` on {node.name} "
                                    "puts every apiserver back"))
         else:
