@@ -201,6 +201,15 @@ def _parse_text(out: FactOutput) -> str:
     return out.stdout
 
 
+def _file_text(out: FactOutput) -> str | None:
+    return out.stdout if out.ok else None
+
+
+def file_text(path: str) -> Fact[str | None]:
+    """A small file's text (a certificate, a unit); None if it is missing. Never for a secret."""
+    return Fact("file_text", f"cat -- {shlex.quote(path)}", _file_text, (path,))
+
+
 def journal_since_start(unit: str, lines: int = 300) -> Fact[str]:
     """The unit's journal since it last started (so a repaired service is judged afresh)."""
     q = shlex.quote(unit)

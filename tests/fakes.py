@@ -119,6 +119,9 @@ class FakeNode:
                               f"UnitFileState={'enabled' if svc and svc.enabled else 'disabled'}\n"
                               f"MainPID={100 + len(unit) if svc and svc.active else 0}\n")
             return FactOutput("\n".join(blocks))
+        if fact.name == "file_text":
+            path = fact.args[0]
+            return FactOutput(fs[path].data.decode(), 0) if path in fs else FactOutput("No such file", 1)
         if fact.name == "arch":
             return FactOutput(self.arch)
         if fact.name == "listeners":
