@@ -231,6 +231,10 @@ def client_auth_results(inv: Inventory, state: PkiState, node: Node) -> list[Che
     worker holds: kube-proxy's) must all be refused: etcd trusts its own CA only."""
     res: list[CheckResult] = []
     host, port = str(node.address), 2379
+    if not state.cert(ETCD_CA_NAME).is_file():  # a PKI made before etcd had a CA of its own
+        return [CheckResult(CHAPTER, "client-auth", node.name, FAIL, f"no {state.cert(ETCD_CA_NAME)}: etcd still "
+                            "trusts the cluster CA, and so every worker's certificate",
+                            "`invoke pki` issues the etcd CA; `invoke rotate-certs` moves etcd to it")]
     with tempfile.TemporaryDirectory(prefix="hardway-authcheck-") as tmp:
         foreign_cert, foreign_key = throwaway_client(Path(tmp), inv.key_algorithm)
         for label, cert in (("no client certificate", None),
