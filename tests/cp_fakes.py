@@ -35,9 +35,9 @@ def controller(node: FakeNode, unready_polls: int = 0) -> None:
         "etcd_health": FactOutput("https://127.0.0.1:2379 is healthy", 0),
         "apiserver_readyz": running("kube-apiserver"),
         "component_healthz": component,
-        "unit_pids": "", "journal": "", "unit_lint": "", "curl": "/usr/bin/curl",
+        "listener_units": "", "journal": "", "unit_lint": "", "curl": "/usr/bin/curl",
         "apiserver_etcd_client": FactOutput("is healthy", 0),
-        "server_version": '{"serverVersion": {"gitVersion": "v1.32.3-hardway-standin"}}',
+        "server_version": '{"serverVersion": {"gitVersion": "v1.32.3-hardway-standin"}}',  # apply's RBAC step
         "rbac_objects": FactOutput("the server could not find the requested resource", 1),
     })
 
@@ -50,7 +50,7 @@ class HAProxy:
         self.admin: dict[str, str] = {c.name: "ready" for c in inv.controllers}
         self.sessions: dict[str, int] = dict.fromkeys(self.admin, 0)
         node.facts.update({"lb_stat": self.stat, "haproxy_version": "HAProxy version 2.6.12-1+deb12u4 2025/04/08",
-                           "python3": "/usr/bin/python3", "unit_pids": "", "journal": "", "unit_lint": "",
+                           "python3": "/usr/bin/python3", "listener_units": "", "journal": "", "unit_lint": "",
                            "haproxy_check": "Configuration file is valid"})
         node.on(r"set server kube-apiservers/", self.set_state)
         node.on(r"shutdown sessions server", lambda _c: "")

@@ -69,7 +69,8 @@ def jumpbox_sees_ready_apiservers(monkeypatch: pytest.MonkeyPatch, cp) -> None:
     inv, _ = cp
     sans = pki.spec_for(inv, "kube-apiserver").sans
     monkeypatch.setattr(probes, "get", lambda host, port, path, *a, **kw: probes.Probe(
-        probes.OK, f"{host}:{port}{path}: ok", 200, "ok", sans, standin=True))
+        probes.OK, f"{host}:{port}{path}: ok", 200, '{"gitVersion": "v1.32.3-hardway-standin"}' if path == "/version"
+        else "ok", sans, standin=True))
 
 
 def apply(inv, state, cluster: FakeCluster, **kw):
@@ -238,9 +239,9 @@ def test_etcd_not_healthy_stops_before_anything_and_names_bootstrap_etcd(cp) -> 
 def test_a_port_held_by_something_else_is_named(cp) -> None:
     inv, state = cp
     cluster = fake_cluster(inv)
-    cluster["controller-0"].facts["listeners"] = 'LISTEN 0 4096 0.0.0.0:10259 0.0.0.0:* users:(("nginx",pid=4242,fd=6))'
-    with pytest.raises(HardwayError, match=r"controller-0: port 10259 is held by 4242/nginx, not by our "
-                                           r"kube-scheduler unit; stop it or free the port"):
+    cluster["controller-0"].facts["listener_units"] = "10259 4242 nginx nginx\n6443 77 kube-apiserver kube-apiserver\n"
+    with pytest.raises(HardwayError, match=r"controller-0: port 10259 is held by 4242/nginx \(nginx\.service\), not "
+                                           r"by our kube-scheduler unit; stop it or free the port$"):
         apply(inv, state, cluster)
     nothing_changed(cluster)
 

@@ -27,7 +27,7 @@ from hardway import deploy, remote, services
 from hardway.checks import FAIL, OK, Check, CheckResult, run_checks
 from hardway.deploy import PushPlan, PushReport
 from hardway.errors import HardwayError
-from hardway.facts import Fact, FactValues, FileStat, UnitState, gather, unit_states
+from hardway.facts import Fact, FactValues, FileStat, UnitState, concurrently, gather, unit_states
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.planner import Planner, files_for
@@ -56,6 +56,10 @@ class Context:
     timeout: float = 90.0
     adopt: bool = False  # replace foreign files at planned paths (keeping a backup)
     _files: dict[tuple[str, str], list[File]] = field(default_factory=dict, repr=False)
+    # node -> what the survey read from its disk (hashes, stats), while nothing was pushed there since:
+    # the checks that follow an apply need not hash the same files again
+    disk: dict[str, tuple[dict[str, str | None], dict[str, FileStat | None]]] = field(default_factory=dict,
+                                                                                      repr=False)
 
     def files(self, chapter: Chapter, node: Node) -> list[File]:
         """What ``chapter`` puts on ``node``; planned once per task (binaries are hashed once)."""
@@ -108,6 +112,12 @@ class ApplyReport:
                 f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{notes}")
 
 
+def hashes_fact_of(survey: Survey) -> Fact | None:
+    """The survey's file-hashes fact (to reuse what it read), if it asked one."""
+    fact = deploy.disk_facts(survey.files)[0]
+    return fact if fact in survey.facts else None
+
+
 def first_failure(findings: Sequence[Finding]) -> HardwayError | None:
     failures = [f for f in findings if f.status == FAIL]
     if not failures:
@@ -129,6 +139,7 @@ class Chapter:
     units: tuple[str, ...] = ()  # its services, in start and restart order
     binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
     no_block_start: bool = False  # Type=notify units that only come up together (etcd)
+    survey_at_once: bool = False  # run the survey's facts at the same time on a node (none measures latency)
 
     def __repr__(self) -> str:
         return f"<chapter {self.name}>"
@@ -173,7 +184,12 @@ class Chapter:
             files = planned[r.node.name]
             hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
             states_fact = unit_states(self.node_units(r.node))
-            facts = gather(r, [*self.node_facts(ctx, r.node, files), *disk, states_fact])
+            asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact]
+            if self.survey_at_once:
+                together = concurrently("survey", list({f.key: f for f in asked}.values()))
+                facts = FactValues(gather(r, [together])[together])
+            else:
+                facts = gather(r, asked)
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
             findings = self.judge(ctx, r.node, facts)
@@ -221,6 +237,9 @@ class Chapter:
         if (err := first_failure(findings)) is not None:
             raise err
         by_name = {s.node.name: s for s in surveys}
+        for s in surveys:
+            if s.push.idle and hashes_fact_of(s) is not None:
+                ctx.disk[s.node.name] = (s.facts[hashes_fact_of(s)], s.stats)
         start_plans: dict[str, services.StartPlan] = {}
 
         def push(r: Remote) -> PushReport:

@@ -46,6 +46,7 @@ class ControlPlaneChapter(Chapter):
     applied_by_task = True
     units = (*COMPONENTS, lb.UNIT)
     binaries = (*COMPONENTS, files.KUBECTL)  # HAProxy is the load balancer's Debian package, not distributed
+    survey_at_once = True  # hashing kubectl, asking etcd, listing ports: independent, and none times anything
 
     def targets(self, inv: Inventory) -> tuple[Node, ...]:
         return (*inv.controllers, *inv.loadbalancers)

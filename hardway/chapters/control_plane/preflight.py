@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import platform
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from hardway.chapters.etcd.preflight import binary_help, elf_arch, unknown_flags
 from hardway.chapters.etcd.verify import health as etcd_health
 from hardway.checks import FAIL, OK, WARN
 from hardway.errors import HardwayError
-from hardway.facts import ARCH, LISTENERS, Fact, FactOutput, FactValues
+from hardway.facts import ARCH, Fact, FactOutput, FactValues
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.paths import BIN
@@ -138,17 +137,26 @@ def jumpbox_findings(inv: Inventory, state: PkiState, planned: dict[str, list[Fi
 # --- facts -----------------------------------------------------------------------------------
 
 
-def _pids(out: FactOutput) -> set[int]:
-    return {int(w) for w in out.stdout.split() if w.isdigit() and w != "0"}
+def _owners(out: FactOutput) -> dict[int, tuple[int, str, str]]:
+    """port -> (pid, command, systemd unit) of each TCP listener."""
+    found: dict[int, tuple[int, str, str]] = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0].isdigit() and words[1].isdigit():
+            found.setdefault(int(words[0]), (int(words[1]), words[2], words[3] if len(words) > 3 else ""))
+    return found
 
 
-def unit_pids(units: Sequence[str]) -> Fact[set[int]]:
-    """Every process of the units (main and children): who may hold their ports (HAProxy's workers
-    are the master's children)."""
-    units = tuple(units)
-    script = "; ".join(f"m=$(systemctl show -p MainPID --value {shlex.quote(u)}.service 2>/dev/null); "
-                       "[ -n \"$m\" ] && [ \"$m\" != 0 ] && { echo $m; pgrep -P $m; }" for u in units)
-    return Fact("unit_pids", f"{script}; true" if units else "true", _pids, units)
+# Who holds each listening port, by the systemd unit its process runs in (/proc/PID/cgroup): HAProxy's
+# workers hold the endpoint port for the master, all in the unit's cgroup.
+LISTENER_UNITS: Fact[dict[int, tuple[int, str, str]]] = Fact(
+    "listener_units",
+    "ss -Htlnp 2>/dev/null | while read -r _ _ _ local _ procs; do "
+    "pid=$(echo \"$procs\" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p'); "
+    "cmd=$(echo \"$procs\" | sed -n 's/^users:((\"\\([^\"]*\\)\".*/\\1/p'); "
+    "unit=$(grep -o '[^/]*\\.service' /proc/\"$pid\"/cgroup 2>/dev/null | head -n 1); "
+    "echo \"${local##*:} ${pid:-0} ${cmd:-?} ${unit%.service}\"; done; true",
+    _owners)
 
 
 def _first_line(out: FactOutput) -> str:
@@ -161,7 +169,7 @@ CURL: Fact[str] = Fact("curl", "command -v curl", _first_line)
 
 
 def node_facts(inv: Inventory, node: Node, units: Sequence[str]) -> list[Fact]:
-    facts: list[Fact] = [ARCH, LISTENERS, unit_pids(units)]
+    facts: list[Fact] = [ARCH, LISTENER_UNITS]
     if node.is_controller:
         facts += [etcd_health(inv, node), CURL]
     if node.is_loadbalancer:
@@ -200,10 +208,10 @@ def judge(inv: Inventory, node: Node, facts: FactValues, units: Sequence[str],
     ports = {PORTS[u]: u for u in units if u in PORTS}
     if lb.UNIT in units:
         ports[inv.api_endpoint.port] = lb.UNIT
-    ours = facts[unit_pids(units)]
-    for port, (pid, command) in sorted(facts[LISTENERS].items()):
-        if port in ports and pid not in ours:
-            out.append(Finding(name, FAIL, f"port {port} is held by {pid}/{command}, not by our {ports[port]} unit; "
+    for port, (pid, command, unit) in sorted(facts[LISTENER_UNITS].items()):
+        if port in ports and unit != ports[port]:
+            out.append(Finding(name, FAIL, f"port {port} is held by {pid}/{command}"
+                                           f"{f' ({unit}.service)' if unit else ''}, not by our {ports[port]} unit; "
                                            "stop it or free the port"))
     if node.is_loadbalancer:
         line = facts[HAPROXY_VERSION]

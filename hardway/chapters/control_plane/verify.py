@@ -122,11 +122,12 @@ class NodeFacts:
 
 
 def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[File],
-                extra: Sequence[Fact] = ()) -> tuple[NodeFacts, FactValues]:
-    """Everything verify reads from one node in one round trip; the slow probes (kubectl, curl,
-    etcdctl, sha256 of the binaries, systemd-analyze) run at the same time there. ``extra``: more
-    slow facts to run alongside (their values come back as the second item)."""
-    paths = [f.path for f in files]
+                extra: Sequence[Fact] = (), known: tuple[dict, dict] | None = None) -> tuple[NodeFacts, FactValues]:
+    """Everything verify reads from one node in one round trip; the slow probes (curl, etcdctl, sha256
+    of the binaries, systemd-analyze) run at the same time there. ``extra``: more slow facts to run
+    alongside (their values come back as the second item); ``known``: the hashes and stats an apply's
+    survey just read, when nothing was pushed there since."""
+    paths = [] if known else [f.path for f in files]
     states, hashes, stats = unit_states(units), file_hashes(paths), file_stats(paths)
     lint = unit_lint([unit_file(u) for u in units])
     journals = {u: journal_since_start(u) for u in units}
@@ -139,8 +140,9 @@ def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[Fil
                                                        [hashes, lint, *asked.values(), *own, *extra]}.values()))
     v = gather(r, [states, stats, *journals.values(), slow], timeout=60)
     p = FactValues(v[slow])
-    f = NodeFacts({u: s.active for u, s in v[states].items()}, p[hashes],
-                  {path: (st.mode, st.owner, st.group) if st else None for path, st in v[stats].items()},
+    disk_hashes, disk_stats = known if known else (p[hashes], v[stats])
+    f = NodeFacts({u: s.active for u, s in v[states].items()}, disk_hashes,
+                  {path: (st.mode, st.owner, st.group) if st else None for path, st in disk_stats.items()},
                   p[lint], {u: v[j] for u, j in journals.items()}, {u: p[a] for u, a in asked.items()})
     if first:
         f.etcd = p[etcd_client(inv)]
@@ -294,22 +296,32 @@ def server_version(out: FactOutput) -> str:
         return f"error: {lines[-1] if lines else out.exit_code}"
 
 
-SERVER_VERSION: Fact[str] = Fact("server_version", apply.kubectl("version -o json"), server_version)
 RBAC_OBJECTS: Fact[tuple[bool, str]] = Fact("rbac_objects", apply.kubectl(
     f"get {' '.join(apply.RBAC_OBJECTS)} -o name"), _answer)
 
 
-def judge_rbac(node: Node, version: str, objects: tuple[bool, str]) -> CheckResult:
+def judge_rbac(node: Node, version: str, objects: tuple[bool, str] | None) -> CheckResult:
+    """``version``: the gitVersion controller-0's apiserver serves on /version (asked from here)."""
     if version.startswith("error: "):
-        return CheckResult(CHAPTER, "rbac", node.name, FAIL, f"kubectl version: {version[7:][:160]}",
-                           "the apiserver does not answer kubectl: see the results above")
-    if says_standin(version):
+        return CheckResult(CHAPTER, "rbac", node.name, FAIL, f"/version: {version[7:][:160]}",
+                           "the apiserver does not answer: see the results above")
+    if says_standin(version) or objects is None:
         return CheckResult(CHAPTER, "rbac", "-", SKIP, f"skipped: stand-in ({version} serves no RBAC API)")
     ok, text = objects
     if ok:
-        return CheckResult(CHAPTER, "rbac", "-", OK, f"{' and '.join(apply.RBAC_OBJECTS)} exist ({version})")
+        return CheckResult(CHAPTER, "rbac", "-", OK, f"{' and '.join(apply.RBAC_OBJECTS)} exist ({version}, kubectl "
+                                                     f"on {node.name})")
     return CheckResult(CHAPTER, "rbac", "-", FAIL, (text.splitlines() or ["kubectl get failed"])[-1][:200],
                        f"the apiserver cannot call kubelets (Forbidden user=kubernetes … nodes/proxy): run {FIX}")
+
+
+def git_version(seen: probes.Probe) -> str:
+    if not seen.ok:
+        return f"error: {seen.detail}"
+    try:
+        return str(json.loads(seen.body)["gitVersion"])
+    except (ValueError, KeyError, TypeError):
+        return f"error: /version answered {seen.body[:80]!r}"
 
 
 def verify(ctx: Context, chapter: object) -> list[CheckResult]:
@@ -320,13 +332,20 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
     files = {n.name: ctx.files(chapter, n) for n in nodes}  # type: ignore[arg-type]
     first = inv.controllers[0]
 
-    def node(r: Remote) -> tuple[NodeFacts, CheckResult | None]:
-        rbac = [SERVER_VERSION, RBAC_OBJECTS] if r.node == first else []  # as kubectl on a controller sees it
-        facts, v = gather_node(inv, r, units[r.node.name], files[r.node.name], rbac)
-        return facts, judge_rbac(r.node, v[SERVER_VERSION], v[RBAC_OBJECTS]) if rbac else None
-
     admin = (state.cert("admin"), state.key("admin"))
-    with ThreadPoolExecutor(max_workers=len(inv.controllers) + 2) as pool:
+    with ThreadPoolExecutor(max_workers=len(inv.controllers) + 3) as pool:
+        version = pool.submit(probes.get, str(first.address), APISERVER_PORT, "/version", state.cert("ca"), admin,
+                              check_name=False)
+
+        def node(r: Remote) -> tuple[NodeFacts, CheckResult | None]:
+            known = ctx.disk.get(r.node.name)
+            if r.node != first:
+                return gather_node(inv, r, units[r.node.name], files[r.node.name], known=known)[0], None
+            served = git_version(version.result())  # a real apiserver: the RBAC as kubectl there sees it
+            rbac = [] if says_standin(served) or served.startswith("error: ") else [RBAC_OBJECTS]
+            facts, v = gather_node(inv, r, units[r.node.name], files[r.node.name], rbac, known)
+            return facts, judge_rbac(r.node, served, v[RBAC_OBJECTS] if rbac else None)
+
         gathered = pool.submit(remote.fan_out, inv, nodes, node, connector=ctx.connector)
         served = {c.name: pool.submit(probes.get, str(c.address), APISERVER_PORT, "/readyz", state.cert("ca"), admin,
                                       check_name=False) for c in inv.controllers}
