@@ -148,6 +148,24 @@ def lab(lab_factory: LabFactory, pytestconfig: pytest.Config) -> lab_lib.Lab:
     return lab_factory(controllers, workers, prefix="t", loadbalancers=pytestconfig.getoption("--lab-loadbalancers"))
 
 
+@pytest.fixture(autouse=True)
+def _unit_tests_dial_loopback_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the lab marker never sends a TLS probe beyond loopback (the sample inventory's
+    addresses are someone else's network)."""
+    if request.node.get_closest_marker("lab") is not None:
+        return
+    from hardway.chapters.control_plane import probes
+
+    real = probes.get
+
+    def loopback_only(host: str, *args: object, **kwargs: object) -> probes.Probe:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise AssertionError(f"a unit test dialed {host}: fake the probe (tests/cp_fakes.see_through)")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probes, "get", loopback_only)
+
+
 @pytest.fixture(scope="session")
 def lab_pki(lab: lab_lib.Lab):  # -> hardway.state.PkiState
     """The session lab's PKI (one CA for every lab test module: a second CA would split the cluster)."""

@@ -3,7 +3,9 @@ and HAProxy's runtime API (``show stat``, ``set server ... state``, ``shutdown s
 
 from __future__ import annotations
 
+from hardway import pki
 from hardway.chapters.control_plane import loadbalancer as lb
+from hardway.chapters.control_plane import probes
 from hardway.facts import FactOutput
 from hardway.inventory import Inventory
 from tests.fakes import FakeCluster, FakeNode
@@ -11,35 +13,50 @@ from tests.fakes import FakeCluster, FakeNode
 STAT_HEADER = "# pxname,svname,qcur,qmax,scur,smax,status,check_status,check_desc"
 
 
-def controller(node: FakeNode, unready_polls: int = 0) -> None:
-    """Answers like a controller: etcd healthy; each component healthy once its unit runs (the
-    apiserver after ``unready_polls`` polls)."""
-    polls = {"n": 0}
-
-    def running(unit: str):
-        def answer(fact, n: FakeNode) -> FactOutput:
-            svc = n.services.get(unit)
-            if svc is None or not svc.active:
-                return FactOutput("The connection to the server 127.0.0.1:6443 was refused", 1)
-            if unit == "kube-apiserver":
-                polls["n"] += 1
-                if polls["n"] <= unready_polls:
-                    return FactOutput("[-]etcd failed: not ready", 1)
-            return FactOutput("ok", 0)
-        return answer
-
-    def component(fact, n: FakeNode) -> FactOutput:
-        return running(fact.args[0])(fact, n)
-
+def controller(node: FakeNode) -> None:
+    """Answers like a controller's disk and etcd (its components answer the jumpbox: ``Jumpbox``)."""
     node.facts.update({
         "etcd_health": FactOutput("https://127.0.0.1:2379 is healthy", 0),
-        "apiserver_readyz": running("kube-apiserver"),
-        "component_healthz": component,
-        "listener_units": "", "journal": "", "unit_lint": "", "curl": "/usr/bin/curl",
+        "listener_units": "", "journal": "", "unit_lint": "",
         "apiserver_etcd_client": FactOutput("is healthy", 0),
-        "server_version": '{"serverVersion": {"gitVersion": "v1.32.3-hardway-standin"}}',  # apply's RBAC step
-        "rbac_objects": FactOutput("the server could not find the requested resource", 1),
     })
+
+
+class Jumpbox:
+    """What the jumpbox's TLS probes (control_plane.probes.get) see of a fake cluster: a component
+    answers once its unit runs there (the apiserver after ``unready_polls`` polls); the endpoint
+    answers while HAProxy runs and an apiserver is UP behind it. Each probe is an event on the node."""
+
+    def __init__(self, cluster: FakeCluster, inv: Inventory, unready_polls: int = 0) -> None:
+        self.cluster, self.inv = cluster, inv
+        self.unready = {c.name: unready_polls for c in inv.controllers}
+        self.sans = pki.spec_for(inv, "kube-apiserver").sans
+
+    def get(self, host: str, port: int, path: str, *args: object, **kw: object) -> probes.Probe:
+        where = f"{host}:{port}{path}"
+        ep = self.inv.api_endpoint
+        if host == str(ep.address) and port == ep.port and self.inv.loadbalancers:
+            lb_node = self.cluster[self.inv.loadbalancers[0].name]
+            svc = lb_node.services.get(lb.UNIT)
+            if svc is None or not svc.active:
+                return probes.Probe(probes.REFUSED, f"{where}: connection refused")
+            if not any(self._runs(c.name, "kube-apiserver") for c in self.inv.controllers):
+                return probes.Probe(probes.NO_TLS, f"{where}: accepted the connection but closed it before TLS")
+            return probes.Probe(probes.OK, f"{where}: ok", 200, "ok", self.sans, standin=True)
+        node = next(n for n in self.inv.nodes if str(n.address) == host)
+        unit = {6443: "kube-apiserver", 10257: "kube-controller-manager", 10259: "kube-scheduler"}[port]
+        self.cluster[node.name].event(f"probe {unit}")
+        if not self._runs(node.name, unit):
+            return probes.Probe(probes.REFUSED, f"{where}: connection refused (nothing listens there)")
+        if unit == "kube-apiserver" and self.unready[node.name] > 0:
+            self.unready[node.name] -= 1
+            return probes.Probe(probes.HTTP, f"{where}: HTTP 500 (stand-in) not ready: etcd", 500)
+        body = '{"gitVersion": "v1.32.3-hardway-standin"}' if path == "/version" else "ok"
+        return probes.Probe(probes.OK, f"{where}: ok", 200, body, self.sans, standin=True)
+
+    def _runs(self, node: str, unit: str) -> bool:
+        svc = self.cluster[node].services.get(unit)
+        return svc is not None and svc.active and not svc.failed
 
 
 class HAProxy:
@@ -79,3 +96,10 @@ class HAProxy:
         self.admin[server] = words[-1]
         self.node.event(f"lb {server} {words[-1]}")
         return ""
+
+
+def see_through(monkeypatch, cluster: FakeCluster, inv: Inventory, unready_polls: int = 0) -> Jumpbox:
+    """Make the jumpbox's TLS probes see ``cluster`` (a unit test must never dial the sample's addresses)."""
+    jump = Jumpbox(cluster, inv, unready_polls)
+    monkeypatch.setattr(probes, "get", jump.get)
+    return jump

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hardway import inventory, jumpbox, pki, services
+from hardway import inventory, jumpbox, services
 from hardway.chapters import Context
 from hardway.chapters.control_plane import CHAPTER as CP
 from hardway.chapters.control_plane import files as cp_files
@@ -53,24 +53,23 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> tuple[inventory.Inventory, P
     return inv, state
 
 
+JUMPBOX: list[cp_fakes.Jumpbox] = []  # the fake cluster the jumpbox's TLS probes see
+
+
 def fake_cluster(inv: inventory.Inventory, unready_polls: int = 0) -> FakeCluster:
     cluster = FakeCluster()
     for c in inv.controllers:
-        cp_fakes.controller(cluster[c.name], unready_polls)
+        cp_fakes.controller(cluster[c.name])
     for n in inv.loadbalancers:
         cluster.haproxy = cp_fakes.HAProxy(cluster, cluster[n.name], inv)  # type: ignore[attr-defined]
+    JUMPBOX[:] = [cp_fakes.Jumpbox(cluster, inv, unready_polls)]
     return cluster
 
 
 @pytest.fixture(autouse=True)
-def jumpbox_sees_ready_apiservers(monkeypatch: pytest.MonkeyPatch, cp) -> None:
-    """The TLS probes from the jumpbox (the lab tests make them for real): every apiserver ready,
-    serving the certificate the PKI state holds."""
-    inv, _ = cp
-    sans = pki.spec_for(inv, "kube-apiserver").sans
-    monkeypatch.setattr(probes, "get", lambda host, port, path, *a, **kw: probes.Probe(
-        probes.OK, f"{host}:{port}{path}: ok", 200, '{"gitVersion": "v1.32.3-hardway-standin"}' if path == "/version"
-        else "ok", sans, standin=True))
+def jumpbox_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TLS probes from the jumpbox (the lab tests make them for real) see the fake cluster."""
+    monkeypatch.setattr(probes, "get", lambda *a, **kw: JUMPBOX[0].get(*a, **kw))
 
 
 def apply(inv, state, cluster: FakeCluster, **kw):
@@ -101,12 +100,12 @@ def test_fresh_control_plane_starts_everything_in_the_push_then_waits_then_finis
         node = cluster[c]
         assert push_of(node).endswith("systemctl start kube-apiserver kube-controller-manager kube-scheduler")
         assert "/usr/local/bin/kube-apiserver" in report.written[c], "the stand-in, since the sample names none"
-        assert node.events.index("start kube-apiserver") < node.events.index("gather apiserver_readyz")
+        assert node.events.index("start kube-apiserver") < node.events.index("probe kube-apiserver")
     assert push_of(cluster["lb-0"]).endswith(f"systemctl start {lb.UNIT}")
     assert sorted(report.written["lb-0"]) == sorted([lb.CA, lb.HEALTH_CERT, lb.HEALTH_KEY, lb.CONFIG, lb.UNIT_PATH])
     # every service was started before any was waited for: none waits on another node's start
     starts = [i for i, e in enumerate(cluster.log) if ": start " in e]
-    first_wait = min(i for i, e in enumerate(cluster.log) if e.endswith("gather apiserver_readyz"))
+    first_wait = min(i for i, e in enumerate(cluster.log) if e.endswith("probe kube-apiserver"))
     assert len(starts) == 3 * 3 + 1 and max(starts) < first_wait
     assert "apiserver→kubelet RBAC: skipped: stand-in" in report.notes
     summary = report.summary()
@@ -156,12 +155,12 @@ def test_changed_apiservers_restart_one_at_a_time_drained_on_the_load_balancer(c
     report = apply(inv, state, cluster)
     assert report.restarted == {c: ["kube-apiserver"] for c in CONTROLLERS}
     steps = [e for e in cluster.log if "lb controller" in e or "restart kube-apiserver" in e
-             or e.endswith("gather apiserver_readyz")]
+             or e.endswith("probe kube-apiserver")]
     for i, c in enumerate(CONTROLLERS):
         out, back = steps.index(f"lb-0: lb {c} drain"), steps.index(f"lb-0: lb {c} ready")
         restart = steps.index(f"{c}: restart kube-apiserver")
         assert out < restart < back, steps
-        assert f"{c}: gather apiserver_readyz" in steps[restart:back], "ready before it is put back"
+        assert f"{c}: probe kube-apiserver" in steps[restart:back], "ready before it is put back"
         if i:
             assert steps.index(f"lb-0: lb {CONTROLLERS[i - 1]} ready") < out, "the previous one is back first"
     assert all(s == "ready" for s in cluster.haproxy.admin.values())  # type: ignore[attr-defined]
@@ -175,7 +174,6 @@ def test_an_apiserver_that_fails_its_restart_stays_drained_and_the_others_keep_s
     for c in CONTROLLERS:
         cluster[c].files[f"{cp_files.K8S_PKI}/kube-apiserver.crt"].data = b"stale\n"
     bad = cluster["controller-1"]
-    bad.facts["apiserver_readyz"] = FactOutput("connection refused", 1)
     bad.facts["unit_states"] = lambda f, n: "\n\n".join(
         f"Id={u}.service\nActiveState={'failed' if u == 'kube-apiserver' and n.restarts else 'active'}\n"
         f"ActiveEnterTimestamp=@1\nUnitFileState=enabled\nMainPID=7" for u in f.args)
@@ -280,15 +278,24 @@ def test_a_binary_for_another_architecture_is_named_with_the_fix(cp, tmp_path) -
     nothing_changed(cluster)
 
 
-def test_a_missing_binary_is_named_with_the_inventory_line_to_add(cp, tmp_path) -> None:
-    _inv, state = cp
-    text = (ROOT / "inventory" / "sample.yaml").read_text()
-    bare = inventory.parse(text, "sample.yaml", base=ROOT / "inventory")  # no kubectl
-    cluster = fake_cluster(bare)
-    with pytest.raises(HardwayError, match=r"^preflight failed, nothing was changed: binaries\.kubectl is not "
-                                           r"available \(not in the inventory\); add it to sample\.yaml under "
-                                           r"binaries"):
-        apply(bare, state, cluster)
+def test_a_missing_binary_is_named_with_the_line_to_fix(cp, tmp_path) -> None:
+    _, state = cp
+    inv = sample(tmp_path, f"  kube-apiserver: {{path: {tmp_path / 'nope'}}}\n")
+    cluster = fake_cluster(inv)
+    with pytest.raises(HardwayError, match=r"^preflight failed, nothing was changed: binaries\.kube-apiserver\.path: "
+                                           r".*/nope does not exist; fix the path in sample\.yaml"):
+        apply(inv, state, cluster)
+    nothing_changed(cluster)
+
+
+def test_a_real_apiserver_needs_kubectl_on_the_jumpbox(cp, tmp_path, monkeypatch) -> None:
+    _, state = cp
+    inv = sample(tmp_path, f"  kube-apiserver: {{path: {elf(tmp_path / 'kube-apiserver', machine=0xB7)}}}\n")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    cluster = fake_cluster(inv)
+    with pytest.raises(HardwayError, match=r"no kubectl on this jumpbox: the RBAC step runs it with the admin "
+                                           r"kubeconfig; install it \(`apt-get install kubernetes-client`"):
+        apply(inv, state, cluster)
     nothing_changed(cluster)
 
 

@@ -98,7 +98,8 @@ def test_apiserver_journal_signatures_map_to_cause_and_fix(cp, line: str, cause:
 
 def test_a_signature_in_a_healthy_units_history_is_a_warning(cp) -> None:
     inv, _ = cp
-    facts = verify.NodeFacts(states={"kube-scheduler": "active"}, probes={"kube-scheduler": (True, "ok")},
+    facts = verify.NodeFacts(states={"kube-scheduler": "active"},
+                             probes={"kube-scheduler": probes.Probe(probes.OK, "10.0.0.1:10259/healthz: ok")},
                              journals={"kube-scheduler": "dial tcp 127.0.0.1:6443: connect: connection refused\n"})
     results = verify.judge_node(inv, inv.controllers[0], ("kube-scheduler",), facts, [])
     [j] = [r for r in results if r.check == "journal"]

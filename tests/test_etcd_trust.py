@@ -172,6 +172,7 @@ def test_a_new_etcd_ca_with_apiservers_running_puts_them_on_the_bundle_before_me
     deploy.install(cluster.connector(inv, lb), plan.node_files(inv, lb, old_state))
     cluster[lb.name].services[LB_UNIT] = FakeService(True, 1)
     haproxy = cp_fakes.HAProxy(cluster, cluster[lb.name], inv)
+    cp_fakes.see_through(monkeypatch, cluster, inv)
     jumpbox.generate(inv, state, rotate_ca=True)
     cluster.log.clear()
     rotate.rotate(inv, state, connector=cluster.connector, progress=QUIET)

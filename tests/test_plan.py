@@ -94,7 +94,7 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/pki/service-accounts.key", "/etc/kubernetes/pki/service-accounts.pub",
         "/etc/kubernetes/encryption-config.yaml", "/etc/kubernetes/admin.kubeconfig",
         "/etc/kubernetes/kube-controller-manager.kubeconfig", "/etc/kubernetes/kube-scheduler.kubeconfig",
-        "/etc/kubernetes/config/kube-scheduler.yaml", "/etc/kubernetes/rbac/apiserver-to-kubelet.yaml",
+        "/etc/kubernetes/config/kube-scheduler.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
         "/etc/systemd/system/kube-scheduler.service",
         "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
@@ -300,9 +300,10 @@ def test_containerd_1x_gets_config_version_2(state):
     assert runc["options"]["SystemdCgroup"] is True
 
 
-def test_rbac_binds_the_apiserver_kubelet_client_cn(plans):
-    docs = list(yaml.safe_load_all(by_path(plans["controller-2"])["/etc/kubernetes/rbac/apiserver-to-kubelet.yaml"]
-                                   .content))
+def test_rbac_binds_the_apiserver_kubelet_client_cn(inv):
+    from hardway.chapters.control_plane.files import rbac_yaml
+
+    docs = list(yaml.safe_load_all(rbac_yaml(inv)))  # applied from the jumpbox with kubectl
     role, binding = docs
     assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == "system:kube-apiserver-to-kubelet"
     assert set(role["rules"][0]["resources"]) == {"nodes/proxy", "nodes/stats", "nodes/log", "nodes/spec",

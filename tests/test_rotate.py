@@ -36,7 +36,7 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.fixture
-def deployed(tmp_path: Path) -> tuple[inventory.Inventory, PkiState, FakeCluster]:
+def deployed(tmp_path: Path, monkeypatch) -> tuple[inventory.Inventory, PkiState, FakeCluster]:
     """The sample cluster with every planned file on its nodes and every service running."""
     inv = inventory.parse(SAMPLE, "sample.yaml")
     state = PkiState(tmp_path / "pki")
@@ -53,6 +53,7 @@ def deployed(tmp_path: Path) -> tuple[inventory.Inventory, PkiState, FakeCluster
         if node.is_loadbalancer:
             cp_fakes.HAProxy(cluster, fake, inv)
         fake.commands.clear()
+    cp_fakes.see_through(monkeypatch, cluster, inv)
     return inv, state, cluster
 
 

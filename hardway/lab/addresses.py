@@ -12,7 +12,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,6 @@ SCRATCH_POOL = ipaddress.IPv4Network("10.78.0.0/16")
 CONTROLLER_OFFSET = 10  # controller-i at .10+i
 WORKER_OFFSET = 20  # worker-i at .20+i
 LOADBALANCER_OFFSET = 5  # lb-0 at .5, the API endpoint
-KUBERNETES_MINOR = "1.32"  # the pinned flag data's: the lab's kubectl should match it
 MAX_CONTROLLERS = WORKER_OFFSET - CONTROLLER_OFFSET
 NODE_IFACE = "eth0"
 
@@ -241,18 +239,7 @@ def layout(
 # Texts that follow from the layout
 
 
-def host_kubectl() -> str:
-    """The host's kubectl for the lab's controllers, resolved to a file (the nodes get a copy): one of
-    the pinned minor version if a versioned one sits beside it (the Cloud SDK's kubectl.1.32)."""
-    found = shutil.which("kubectl")
-    if found is None:
-        return "/usr/bin/kubectl"  # preflight then says it is missing and how to fix the inventory
-    real = Path(os.path.realpath(found))
-    pinned = real.with_name(f"kubectl.{KUBERNETES_MINOR}")
-    return str(pinned if pinned.is_file() else real)
-
-
-def render_inventory(p: LabLayout, kubectl: str | None = None) -> str:
+def render_inventory(p: LabLayout) -> str:
     """The lab's inventory YAML (deterministic for a host: the default lab's is shipped as inventory/lab.yaml)."""
     lines = [
         f"# The local lab {p.name!r}, as `invoke lab.up` writes it (it rewrites this file: edit the lab's",
@@ -272,11 +259,10 @@ def render_inventory(p: LabLayout, kubectl: str | None = None) -> str:
         "# The nodes boot from the host's / with these hidden; hardway installs them into /usr/local/bin.",
         "# No kube-apiserver, kube-controller-manager or kube-scheduler here: their stand-ins run",
         "# (docs/stand-ins.md). Name the real ones (a path, or the kubernetes-server tarball's URL and",
-        "# sha256) and the same lab runs them.",
+        "# sha256) and the same lab runs them; name kubectl to have it on the controllers too.",
         "binaries:",
         "  etcd: {path: /usr/bin/etcd}",
         "  etcdctl: {path: /usr/bin/etcdctl}",
-        f"  kubectl: {{path: {kubectl or host_kubectl()}}}",
         "",
         f"# Lab subnet {p.subnet} on bridge {p.bridge}; the jumpbox (this host) is {p.gateway}.",
         "nodes:",

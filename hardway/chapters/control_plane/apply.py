@@ -1,81 +1,55 @@
 """How the control plane comes up, restarts and finishes: readiness waits, restarts behind the load
 balancer, and the apiserver->kubelet RBAC.
 
-- Readiness is asked ON each controller, with the kubectl and the admin-local kubeconfig the chapter
-  pushed there (https://127.0.0.1:6443): it reaches the apiserver whatever the jumpbox's routes, needs
-  no key file beyond the ones the node already holds, and proves that kubeconfig works. Each poll is
-  one round trip carrying every probe and the units' states.
-- An apiserver is restarted behind the load balancer: taken out of rotation on every HAProxy and
-  drained, restarted, waited for, put back, and waited for until HAProxy's own check says UP.
-- Once every service is up: the endpoint's /readyz from the jumpbox (the client's view), then the
-  RBAC with real kubectl, which a stand-in apiserver cannot serve ("skipped: stand-in").
+- Readiness is asked from the jumpbox, over TLS, as a client asks: each apiserver's /readyz with the
+  admin certificate, the controller manager's and scheduler's /healthz on their own ports; each poll
+  also reads the units' states over SSH, so a unit that failed ends the wait at once with its last
+  journal error. No tool is needed on the nodes for it, and nothing is hashed or started there.
+- An apiserver is restarted behind the load balancer: drained on every HAProxy (no new connections,
+  the running ones finish), restarted, waited for, put back, and waited for until HAProxy's own check
+  says UP.
+- Once every service is up: the API endpoint's /readyz from the jumpbox, then the RBAC with the
+  jumpbox's kubectl and the admin kubeconfig through the endpoint (the tutorial's remote access). A
+  stand-in apiserver serves no RBAC API: "skipped: stand-in".
 """
 
 from __future__ import annotations
 
 import json
-import shlex
+import shutil
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hardway import remote, services
 from hardway.chapters.base import Context
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane import probes
 from hardway.chapters.control_plane.files import (
-    ADMIN_KUBECONFIG,
     APISERVER,
-    CONTROLLER_MANAGER,
-    KUBECTL_PATH,
     PORTS,
-    RBAC,
-    SCHEDULER,
     is_standin,
     label,
+    rbac_yaml,
 )
 from hardway.errors import HardwayError
-from hardway.facts import Fact, FactOutput, gather, journal_since_start, unit_states
+from hardway.facts import gather, journal_since_start, unit_states
 from hardway.inventory import Node
+from hardway.paths import APISERVER_PORT
 from hardway.remote import Remote
 from hardway.standins import is_standin as says_standin
 
 POLL_S = 0.25
+RBAC_OBJECTS = ("clusterrole/system:kube-apiserver-to-kubelet", "clusterrolebinding/system:kube-apiserver")
 
 
-def _answer(out: FactOutput) -> tuple[bool, str]:
-    return out.ok, out.stdout.strip()
-
-
-def kubectl(args: str, kubeconfig: str = ADMIN_KUBECONFIG) -> str:
-    return f"{KUBECTL_PATH} --kubeconfig={kubeconfig} --request-timeout=5s {args}"
-
-
-def readyz(node: Node) -> Fact[tuple[bool, str]]:
-    """The node's own apiserver's /readyz, asked with kubectl and the admin-local kubeconfig."""
-    return Fact("apiserver_readyz", kubectl("get --raw /readyz"), _answer, (node.name,))
-
-
-def healthz(component: str) -> Fact[tuple[bool, str]]:
-    """The controller-manager's or scheduler's own /healthz on loopback, with curl: they serve it to
-    anyone over a self-signed certificate (nothing to verify it against). Not kubectl: without
-    credentials it prompts for a user name."""
-    port = PORTS[component]
-    return Fact("component_healthz", f"curl -sSk --max-time 3 https://127.0.0.1:{port}/healthz", _answer,
-                (component,))
-
-
-def probe(unit: str, node: Node) -> Fact[tuple[bool, str]] | Fact:
+def ask(ctx: Context, node: Node, unit: str) -> probes.Probe:
+    """A component's own health endpoint on ``node``, from here."""
+    host = str(node.address)
     if unit == APISERVER:
-        return readyz(node)
-    if unit in (CONTROLLER_MANAGER, SCHEDULER):
-        return healthz(unit)
-    return lb.STAT
-
-
-def healthy(unit: str, value: object) -> bool:
-    if unit == lb.UNIT:
-        return value is not None
-    return bool(value[0]) and value[1] == "ok"  # type: ignore[index]
+        return probes.get(host, APISERVER_PORT, "/readyz", ctx.state.cert("ca"),
+                          (ctx.state.cert("admin"), ctx.state.key("admin")), check_name=False)
+    return probes.get(host, PORTS[unit], "/healthz", None, None)  # self-signed, served to anyone
 
 
 def _last_error(journal: str) -> str:
@@ -93,23 +67,29 @@ def wait_healthy(ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[
         mine = tuple(units[r.node.name])
         t0 = time.monotonic()
         states = unit_states(mine)
-        asked = {u: probe(u, r.node) for u in mine}
         last: dict[str, str] = {}
         while True:
-            values = gather(r, [states, *asked.values()], timeout=30)
+            values = gather(r, [states, *([lb.STAT] if lb.UNIT in mine else [])], timeout=30)
             failed = [u for u in mine if values[states][u].active == "failed"]
             if failed:
                 journal = journal_since_start(failed[0])
                 why = _last_error(gather(r, [journal])[journal])
                 raise HardwayError(f"{r.node.name}: {label(ctx.inv, failed[0])} failed to start: “{why}”; fix it "
                                    "and re-run `invoke bootstrap-control-plane` (nothing else was restarted)")
-            pending = [u for u in mine if not healthy(u, values[asked[u]])]
-            for u in pending:
-                answer = values[asked[u]]
-                last[u] = "no answer" if not isinstance(answer, tuple) else (answer[1].splitlines() or [""])[-1]
+            pending = []
+            for u in mine:
+                if u == lb.UNIT:
+                    if values[lb.STAT] is None:
+                        pending.append(u)
+                        last[u] = f"no answer on {lb.SOCKET}"
+                    continue
+                seen = ask(ctx, r.node, u)
+                if not seen.ok:
+                    pending.append(u)
+                    last[u] = seen.detail
             if not pending:
-                shown = " ".join(label(ctx.inv, u) for u in mine)
-                ctx.progress(r.node, f"{shown} ready after {time.monotonic() - t0:.1f}s")
+                ctx.progress(r.node, f"{' '.join(label(ctx.inv, u) for u in mine)} ready after "
+                                     f"{time.monotonic() - t0:.1f}s")
                 return
             if time.monotonic() - t0 > ctx.timeout:
                 waiting = "; ".join(f"{label(ctx.inv, u)}: {last[u][:120]}" for u in pending)
@@ -121,8 +101,8 @@ def wait_healthy(ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[
         raise HardwayError(error)
 
 
-def _on_balancers(ctx: Context, work: object) -> list[remote.NodeOutcome]:
-    outcomes = remote.fan_out(ctx.inv, ctx.inv.loadbalancers, work, connector=ctx.connector)  # type: ignore[arg-type]
+def _on_balancers(ctx: Context, work: Callable[[Remote], object]) -> list[remote.NodeOutcome]:
+    outcomes = remote.fan_out(ctx.inv, ctx.inv.loadbalancers, work, connector=ctx.connector)
     if (error := remote.first_error(outcomes)):
         raise HardwayError(error)
     return outcomes
@@ -131,15 +111,13 @@ def _on_balancers(ctx: Context, work: object) -> list[remote.NodeOutcome]:
 def restart_apiserver(ctx: Context, node: Node) -> None:
     """Restart one apiserver without a failed request through the load balancer (see the module doc)."""
     shown = label(ctx.inv, APISERVER)
-    if ctx.inv.loadbalancers:
-        def out(r: Remote) -> bool:
-            taken = lb.take_out(r, node.name)
-            ctx.progress(r.node, f"{node.name} drained" if taken else f"{lb.UNIT} not running: nothing to drain")
-            return taken
 
-        drained = [o.node for o in _on_balancers(ctx, out) if o.value]
-    else:
-        drained = []
+    def out(r: Remote) -> bool:
+        taken = lb.take_out(r, node.name)
+        ctx.progress(r.node, f"{node.name} drained" if taken else f"{lb.UNIT} not running: nothing to drain")
+        return taken
+
+    drained = [o.node for o in _on_balancers(ctx, out) if o.value] if ctx.inv.loadbalancers else []
     r = ctx.connector(ctx.inv, node)
     try:
         ctx.progress(node, f"restart {shown}")
@@ -214,7 +192,7 @@ def wait_endpoint(ctx: Context) -> probes.Probe:
 
 
 def balancers_up(ctx: Context) -> list[str]:
-    """Every apiserver UP on every HAProxy; one left in maintenance is reported, not waited for."""
+    """Every apiserver UP on every HAProxy; one left drained is reported, not waited for."""
     notes: list[str] = []
     names = [c.name for c in ctx.inv.controllers]
 
@@ -230,42 +208,42 @@ def balancers_up(ctx: Context) -> list[str]:
     return notes
 
 
-def server_version(ctx: Context, node: Node) -> str:
-    r = ctx.connector(ctx.inv, node)
-    try:
-        out = r.run(kubectl("version -o json"), check=False)
-    finally:
-        r.close()
-    try:
-        return str(json.loads(out.stdout)["serverVersion"]["gitVersion"])
-    except (ValueError, KeyError, TypeError):
-        detail = (out.stdout.strip() or out.stderr.strip()).splitlines()
-        raise HardwayError(f"{node.name}: `kubectl version` through {ADMIN_KUBECONFIG} failed: "
-                           f"{detail[-1] if detail else out.exit_code}") from None
+def jumpbox_kubectl() -> str | None:
+    return shutil.which("kubectl")
 
 
-RBAC_OBJECTS = ("clusterrole/system:kube-apiserver-to-kubelet", "clusterrolebinding/system:kube-apiserver")
+def kubectl(ctx: Context, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The jumpbox's kubectl with the admin kubeconfig (through the API endpoint)."""
+    found = jumpbox_kubectl()
+    if found is None:
+        raise HardwayError("no kubectl on this jumpbox: hardway applies the RBAC with it; install it "
+                           "(`apt-get install kubernetes-client`, or scripts/setup.sh)")
+    return subprocess.run([found, f"--kubeconfig={ctx.state.kubeconfig('admin')}", "--request-timeout=10s", *args],
+                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def apply_rbac(ctx: Context) -> str:
-    """The apiserver->kubelet RBAC, with real kubectl on a controller (idempotent: `unchanged` on a re-run)."""
-    node = ctx.inv.controllers[0]
-    if is_standin(ctx.inv, APISERVER):  # the plan installed it; verify asks the running one (`kubectl version`)
-        ctx.progress(node, "RBAC apiserver→kubelet: skipped: stand-in (it serves no RBAC API)")
+    """The apiserver->kubelet RBAC with real kubectl and the admin kubeconfig (idempotent: `unchanged`)."""
+    if is_standin(ctx.inv, APISERVER):  # installed by the plan; verify asks the running one (/version)
+        ctx.progress("-", "RBAC apiserver→kubelet: skipped: stand-in (it serves no RBAC API)")
         return "apiserver→kubelet RBAC: skipped: stand-in"
-    version = server_version(ctx, node)
-    if says_standin(version):
-        ctx.progress(node, f"RBAC apiserver→kubelet: skipped: stand-in ({version} serves no RBAC API)")
-        return "apiserver→kubelet RBAC: skipped: stand-in"
-    r = ctx.connector(ctx.inv, node)
+    version = kubectl(ctx, "version", "-o", "json")
     try:
-        out = r.run(kubectl(f"apply -f {shlex.quote(RBAC)}"))
-    finally:
-        r.close()
+        git = json.loads(version.stdout)["serverVersion"]["gitVersion"]
+    except (ValueError, KeyError, TypeError):
+        detail = (version.stderr.strip() or version.stdout.strip()).splitlines()
+        raise HardwayError(f"`kubectl version` through the admin kubeconfig failed: "
+                           f"{detail[-1] if detail else version.returncode}") from None
+    if says_standin(git):
+        return "apiserver→kubelet RBAC: skipped: stand-in"
+    out = kubectl(ctx, "apply", "-f", "-", stdin=rbac_yaml(ctx.inv))
+    if out.returncode != 0:
+        raise HardwayError(f"`kubectl apply` of the apiserver→kubelet RBAC failed: "
+                           f"{(out.stderr.strip().splitlines() or ['?'])[-1]}")
     lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
-    ctx.progress(node, "RBAC apiserver→kubelet: " + "; ".join(lines))
+    ctx.progress("-", "RBAC apiserver→kubelet: " + "; ".join(lines))
     changed = [ln for ln in lines if not ln.endswith("unchanged")]
-    return f"apiserver→kubelet RBAC: {'applied' if changed else 'unchanged'} ({version})"
+    return f"apiserver→kubelet RBAC: {'applied' if changed else 'unchanged'} ({git})"
 
 
 def finish(ctx: Context) -> list[str]:
@@ -278,3 +256,4 @@ def finish(ctx: Context) -> list[str]:
         notes.append(f"{where} not reachable from the jumpbox: {seen.detail}")
     notes.append(apply_rbac(ctx))
     return notes
+

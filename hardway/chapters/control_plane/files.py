@@ -16,6 +16,7 @@ from hardway.inventory import Inventory, Node
 from hardway.paths import APISERVER_PORT, BIN, K8S_DIR, K8S_PKI, unit_file
 from hardway.pki.catalogue import APISERVER_ETCD_CLIENT, ETCD_CA_NAME
 from hardway.planner import Planner
+from hardway.templates import render
 
 APISERVER, CONTROLLER_MANAGER, SCHEDULER = "kube-apiserver", "kube-controller-manager", "kube-scheduler"
 COMPONENTS = (APISERVER, CONTROLLER_MANAGER, SCHEDULER)
@@ -26,9 +27,8 @@ PINNED_VERSION = "1.32.3"  # the flag data's version (hardway/data/kubernetes/1.
 CA, CA_KEY = f"{K8S_PKI}/ca.crt", f"{K8S_PKI}/ca.key"
 ETCD_CA = f"{K8S_PKI}/etcd-ca.crt"
 ETCD_CLIENT_CERT, ETCD_CLIENT_KEY = f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.crt", f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.key"
-ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"  # admin-local: https://127.0.0.1:6443
-RBAC = f"{K8S_DIR}/rbac/apiserver-to-kubelet.yaml"
-KUBECTL_PATH = f"{BIN}/{KUBECTL}"
+ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"  # admin-local: https://127.0.0.1:6443, for kubectl on the node
+RBAC_TEMPLATE = "configs/apiserver-to-kubelet-rbac.yaml.j2"
 
 
 def version(inv: Inventory) -> str:
@@ -139,7 +139,8 @@ def plan_files(p: Planner) -> None:
             p.files.append(standin(p.inv, component, p.chapter))
         else:
             p.binary(BIN, component, (component,))
-    p.binary(BIN, KUBECTL, ())
+    if KUBECTL in p.inv.binaries:  # for people on the controllers; hardway itself runs the jumpbox's
+        p.binary(BIN, KUBECTL, ())
     p.pki(CA, s.cert(pki.CA_NAME), api + cm)
     p.pki(CA_KEY, s.key(pki.CA_NAME), cm, secret=True)  # the controller-manager signs CSRs: the only CA key on a node
     p.pki(f"{K8S_PKI}/kube-apiserver.crt", s.cert("kube-apiserver"), api)
@@ -160,7 +161,10 @@ def plan_files(p: Planner) -> None:
                kubeconfig=f"{K8S_DIR}/kube-scheduler.kubeconfig")
     for component in COMPONENTS:
         p.unit(component, ARGV[component](p.inv, p.node))
-    # The binding must name exactly the CN the apiserver presents to kubelets (the catalogue's; a
-    # certificate that drifted from it is pki.check's business). Applied once, with kubectl.
-    user = pki.spec_for(p.inv, "apiserver-kubelet-client").common_name
-    p.template(RBAC, "configs/apiserver-to-kubelet-rbac.yaml.j2", (), user=user)
+
+
+def rbac_yaml(inv: Inventory) -> str:
+    """The apiserver->kubelet RBAC, applied with kubectl from the jumpbox. The binding must name exactly
+    the CN the apiserver presents to kubelets (the catalogue's; a certificate that drifted from it is
+    pki.check's business)."""
+    return render(RBAC_TEMPLATE, user=pki.spec_for(inv, "apiserver-kubelet-client").common_name)

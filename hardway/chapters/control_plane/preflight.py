@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import platform
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hardway import flagspec, pki
 from hardway.chapters.base import Finding
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane.files import (
+    APISERVER,
     COMPONENTS,
     KUBECTL,
     PORTS,
@@ -49,9 +51,11 @@ def _binary(files: list[File], name: str) -> File | None:
 
 def _missing(inv: Inventory, name: str) -> str:
     src = inv.binaries.get(name)
-    how = (f" ({src.url} not fetched)" if src and src.url else f" ({src.path} missing)" if src and src.path
-           else " (not in the inventory)")
-    return f"binaries.{name} is not available{how}; add it to {inv.path} under binaries"
+    if src is not None and src.path is not None:
+        return f"binaries.{name}.path: {src.path} does not exist; fix the path in {inv.path}"
+    if src is not None:
+        return f"binaries.{name}: {src.url} is not fetched; run `invoke bootstrap-control-plane`, which fetches it"
+    return f"binaries.{name} is not in the inventory; add it to {inv.path} under binaries"
 
 
 def flag_findings(inv: Inventory, component: str, argv: list[str], binary: File) -> list[Finding]:
@@ -117,9 +121,8 @@ def jumpbox_findings(inv: Inventory, state: PkiState, planned: dict[str, list[Fi
     for name in (*COMPONENTS, KUBECTL):
         f = _binary(sample, name)
         if f is None:
-            why = (" (the control plane runs kubectl on the controllers: the /readyz waits and the RBAC)"
-                   if name == KUBECTL else "")
-            findings.append(Finding("-", FAIL, _missing(inv, name) + why))
+            if name != KUBECTL or name in inv.binaries:  # kubectl on the controllers is optional
+                findings.append(Finding("-", FAIL, _missing(inv, name)))
             continue
         if f.source is not None and elf_arch(f.source) is None:
             findings.append(Finding("-", FAIL, f"binaries.{name}: {f.source} is not an ELF binary; point it at the "
@@ -130,6 +133,10 @@ def jumpbox_findings(inv: Inventory, state: PkiState, planned: dict[str, list[Fi
                 findings.append(Finding("-", OK, f"{name}: no binary in the inventory: its stand-in runs "
                                                  f"(v{version(inv)}{'-hardway-standin'}, a contract check)"))
             findings += flag_findings(inv, name, _unit_argv(sample, name), f)
+    if not is_standin(inv, APISERVER) and shutil.which("kubectl") is None:
+        findings.append(Finding("-", FAIL, "no kubectl on this jumpbox: the RBAC step runs it with the admin "
+                                           "kubeconfig; install it (`apt-get install kubernetes-client`, or "
+                                           "scripts/setup.sh)"))
     findings += san_findings(inv, state)
     return findings
 
@@ -165,13 +172,12 @@ def _first_line(out: FactOutput) -> str:
 
 HAPROXY_VERSION: Fact[str] = Fact("haproxy_version", f"{lb.HAPROXY} -v 2>/dev/null | head -n 1", _first_line)
 PYTHON3: Fact[str] = Fact("python3", "command -v python3", _first_line)
-CURL: Fact[str] = Fact("curl", "command -v curl", _first_line)
 
 
 def node_facts(inv: Inventory, node: Node, units: Sequence[str]) -> list[Fact]:
     facts: list[Fact] = [ARCH, LISTENER_UNITS]
     if node.is_controller:
-        facts += [etcd_health(inv, node), CURL]
+        facts.append(etcd_health(inv, node))
     if node.is_loadbalancer:
         facts += [HAPROXY_VERSION, PYTHON3]
     return facts
@@ -202,9 +208,6 @@ def judge(inv: Inventory, node: Node, facts: FactValues, units: Sequence[str],
             last = (text.splitlines() or ["no answer"])[-1][:160]
             out.append(Finding(name, FAIL, f"etcd is not healthy on {name} ({last}); the apiserver needs it: run "
                                            "`invoke bootstrap-etcd` first"))
-        if not facts[CURL]:
-            out.append(Finding(name, FAIL, f"no curl on {name}: hardway asks the controller manager and the "
-                                           "scheduler for /healthz with it; run `apt-get install curl` there"))
     ports = {PORTS[u]: u for u in units if u in PORTS}
     if lb.UNIT in units:
         ports[inv.api_endpoint.port] = lb.UNIT

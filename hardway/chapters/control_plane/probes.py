@@ -48,13 +48,15 @@ def sans_of(der: bytes) -> tuple[tuple[str, str], ...]:
                  + [("IP", str(ipaddress.ip_address(i))) for i in san.get_values_for_type(x509.IPAddress)])
 
 
-def get(host: str, port: int, path: str, ca: Path, client: tuple[Path, Path] | None, *,
+def get(host: str, port: int, path: str, ca: Path | None, client: tuple[Path, Path] | None, *,
         check_name: bool = True, timeout: float = 5.0) -> Probe:
     """GET ``path`` from ``host:port``; the server must present a certificate from ``ca`` that names
-    ``host`` (unless ``check_name`` is off: then the SANs are still reported)."""
+    ``host`` (unless ``check_name`` is off: then the SANs are still reported). ``ca`` None: a self-signed
+    server (the controller manager's and scheduler's own health port), nothing verified."""
     where = host_port(host, port)
-    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca is not None else ssl._create_unverified_context()
     ctx.check_hostname = False  # checked below, so a wrong name is told apart from an unknown CA
+    check_name = check_name and ca is not None
     if client is not None:
         ctx.load_cert_chain(str(client[0]), str(client[1]))
     try:
@@ -76,7 +78,7 @@ def get(host: str, port: int, path: str, ca: Path, client: tuple[Path, Path] | N
             while chunk := tls.recv(65536):
                 data += chunk
     except ssl.SSLCertVerificationError as exc:
-        return Probe(UNTRUSTED, f"{where}: its certificate does not verify against {ca.name}: {exc.verify_message}")
+        return Probe(UNTRUSTED, f"{where}: its certificate does not verify against {ca}: {exc.verify_message}")
     except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
         return Probe(NO_TLS, f"{where}: accepted the connection but closed it before TLS (no server behind it?)")
     except ssl.SSLError as exc:

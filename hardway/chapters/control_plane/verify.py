@@ -131,19 +131,18 @@ def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[Fil
     states, hashes, stats = unit_states(units), file_hashes(paths), file_stats(paths)
     lint = unit_lint([unit_file(u) for u in units])
     journals = {u: journal_since_start(u) for u in units}
-    # the apiserver's /readyz is asked from the jumpbox (the "readyz" results): a client's view, and one
-    # kubectl less per node; its etcd client once (every controller holds the same files, hashed here)
-    asked = {u: apply.probe(u, r.node) for u in units if u != APISERVER}
+    # the components' health is asked from the jumpbox (a client's view); HAProxy's view of the
+    # apiservers here; the apiserver's etcd client once (every controller holds the same files, hashed here)
+    asked = {u: lb.STAT for u in units if u == lb.UNIT}
     first = r.node == inv.controllers[0]
     own = [etcd_client(inv)] if first else [HAPROXY_CHECK] if r.node.is_loadbalancer else []
-    slow = concurrently("control_plane_probes", list({f.key: f for f in
-                                                       [hashes, lint, *asked.values(), *own, *extra]}.values()))
-    v = gather(r, [states, stats, *journals.values(), slow], timeout=60)
+    slow = concurrently("control_plane_probes", list({f.key: f for f in [hashes, lint, *own, *extra]}.values()))
+    v = gather(r, [states, stats, *journals.values(), *asked.values(), slow], timeout=60)
     p = FactValues(v[slow])
     disk_hashes, disk_stats = known if known else (p[hashes], v[stats])
     f = NodeFacts({u: s.active for u, s in v[states].items()}, disk_hashes,
                   {path: (st.mode, st.owner, st.group) if st else None for path, st in disk_stats.items()},
-                  p[lint], {u: v[j] for u, j in journals.items()}, {u: p[a] for u, a in asked.items()})
+                  p[lint], {u: v[j] for u, j in journals.items()}, {u: v[a] for u, a in asked.items()})
     if first:
         f.etcd = p[etcd_client(inv)]
     if r.node.is_loadbalancer:
@@ -204,11 +203,12 @@ def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFact
         if u == lb.UNIT:
             res.extend(judge_backends(inv, node, answer))  # type: ignore[arg-type]
             continue
-        what = "/healthz on loopback"
-        ok = apply.healthy(u, answer)
-        text = answer[1] if isinstance(answer, tuple) else ""
-        add("health", OK if ok else FAIL, f"{label(inv, u)} {what}: " + ((text.splitlines() or ["?"])[-1][:140]),
-            "" if ok else "see the journal results for this unit")
+        if u == APISERVER:
+            continue  # its /readyz and served certificate are the "readyz" and "served-cert" results
+        seen: probes.Probe = answer  # type: ignore[assignment]
+        status = OK if seen.ok else WARN if seen.kind == probes.NO_ROUTE else FAIL
+        add("health", status, f"{label(inv, u)}: {seen.detail}",
+            "" if seen.ok else "see the journal results for this unit")
     if facts.etcd is not None:
         ok, text = facts.etcd
         add("etcd-client", OK if ok else FAIL,
@@ -217,7 +217,7 @@ def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFact
                  + ((text.splitlines() or ['no answer'])[-1][:140]),
             "" if ok else "`invoke verify --chapter etcd`; after a CA change `invoke rotate-certs`")
     for u in units:
-        up = apply.healthy(u, facts.probes[u]) if u in facts.probes else facts.states.get(u) == "active"
+        up = _up(u, facts)
         seen = False
         for pattern, cause, fix in (*SIGNATURES.get(u, ()), *COMMON):
             line = next((ln for ln in facts.journals.get(u, "").splitlines() if re.search(pattern, ln)), None)
@@ -228,6 +228,16 @@ def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFact
         if not seen:
             add("journal", OK, f"{label(inv, u)}: no known failure signature since it last started")
     return res
+
+
+def _up(unit: str, facts: NodeFacts) -> bool:
+    """Healthy, as far as the facts tell (a journal signature of a healthy unit is only a warning)."""
+    answer = facts.probes.get(unit)
+    if isinstance(answer, probes.Probe):
+        return answer.ok
+    if unit == lb.UNIT:
+        return answer is not None
+    return facts.states.get(unit) == "active"
 
 
 def judge_backends(inv: Inventory, node: Node, seen: dict[str, lb.Server] | None) -> list[CheckResult]:
@@ -296,12 +306,9 @@ def server_version(out: FactOutput) -> str:
         return f"error: {lines[-1] if lines else out.exit_code}"
 
 
-RBAC_OBJECTS: Fact[tuple[bool, str]] = Fact("rbac_objects", apply.kubectl(
-    f"get {' '.join(apply.RBAC_OBJECTS)} -o name"), _answer)
-
-
 def judge_rbac(node: Node, version: str, objects: tuple[bool, str] | None) -> CheckResult:
-    """``version``: the gitVersion controller-0's apiserver serves on /version (asked from here)."""
+    """``version``: the gitVersion controller-0's apiserver serves on /version (asked from here);
+    ``objects``: what `kubectl get` on the jumpbox answered for the RBAC objects (None: not asked)."""
     if version.startswith("error: "):
         return CheckResult(CHAPTER, "rbac", node.name, FAIL, f"/version: {version[7:][:160]}",
                            "the apiserver does not answer: see the results above")
@@ -309,8 +316,8 @@ def judge_rbac(node: Node, version: str, objects: tuple[bool, str] | None) -> Ch
         return CheckResult(CHAPTER, "rbac", "-", SKIP, f"skipped: stand-in ({version} serves no RBAC API)")
     ok, text = objects
     if ok:
-        return CheckResult(CHAPTER, "rbac", "-", OK, f"{' and '.join(apply.RBAC_OBJECTS)} exist ({version}, kubectl "
-                                                     f"on {node.name})")
+        return CheckResult(CHAPTER, "rbac", "-", OK, f"{' and '.join(apply.RBAC_OBJECTS)} exist ({version}, "
+                                                     "kubectl with the admin kubeconfig)")
     return CheckResult(CHAPTER, "rbac", "-", FAIL, (text.splitlines() or ["kubectl get failed"])[-1][:200],
                        f"the apiserver cannot call kubelets (Forbidden user=kubernetes … nodes/proxy): run {FIX}")
 
@@ -333,34 +340,37 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
     first = inv.controllers[0]
 
     admin = (state.cert("admin"), state.key("admin"))
-    with ThreadPoolExecutor(max_workers=len(inv.controllers) + 3) as pool:
+    components = [(c, u) for c in inv.controllers for u in (CONTROLLER_MANAGER, SCHEDULER)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
         version = pool.submit(probes.get, str(first.address), APISERVER_PORT, "/version", state.cert("ca"), admin,
                               check_name=False)
+        health = {(c.name, u): pool.submit(apply.ask, ctx, c, u) for c, u in components}
 
-        def node(r: Remote) -> tuple[NodeFacts, CheckResult | None]:
-            known = ctx.disk.get(r.node.name)
-            if r.node != first:
-                return gather_node(inv, r, units[r.node.name], files[r.node.name], known=known)[0], None
-            served = git_version(version.result())  # a real apiserver: the RBAC as kubectl there sees it
-            rbac = [] if says_standin(served) or served.startswith("error: ") else [RBAC_OBJECTS]
-            facts, v = gather_node(inv, r, units[r.node.name], files[r.node.name], rbac, known)
-            return facts, judge_rbac(r.node, served, v[RBAC_OBJECTS] if rbac else None)
+        def rbac_objects() -> CheckResult:
+            served = git_version(version.result())
+            if says_standin(served) or served.startswith("error: "):
+                return judge_rbac(first, served, None)
+            out = apply.kubectl(ctx, "get", *apply.RBAC_OBJECTS, "-o", "name")
+            return judge_rbac(first, served, (out.returncode == 0, out.stdout + out.stderr))
 
-        gathered = pool.submit(remote.fan_out, inv, nodes, node, connector=ctx.connector)
+        rbac_result = pool.submit(rbac_objects)
+        gathered = pool.submit(remote.fan_out, inv, nodes, lambda r: gather_node(
+            inv, r, units[r.node.name], files[r.node.name], known=ctx.disk.get(r.node.name)), connector=ctx.connector)
         served = {c.name: pool.submit(probes.get, str(c.address), APISERVER_PORT, "/readyz", state.cert("ca"), admin,
                                       check_name=False) for c in inv.controllers}
         through = pool.submit(apply.endpoint_probe, ctx)
         outcomes = gathered.result()
     results: list[CheckResult] = []
-    rbac: list[CheckResult] = []
     for o in outcomes:
         if not o.ok or o.value is None:
             results.append(CheckResult(CHAPTER, "reachable", o.node.name, FAIL, o.error or "unreachable",
                                        "start the machine / fix SSH"))
             continue
-        facts, rbac_result = o.value
+        facts, _ = o.value
+        for (name, u), future in health.items():
+            if name == o.node.name:
+                facts.probes[u] = future.result()
         results.extend(judge_node(inv, o.node, units[o.node.name], facts, files[o.node.name]))
-        rbac += [rbac_result] if rbac_result else []
     for c in inv.controllers:  # what a client sees, from here: the served certificate and /readyz
         seen = served[c.name].result()
         results.extend(judge_served(inv, c, seen))
@@ -368,7 +378,7 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
     seen = through.result()
     results.extend(judge_served(inv, None, seen))
     results.append(judge_readyz("endpoint", seen, apply.endpoint_error(ctx, seen)))
-    return results + rbac
+    return [*results, rbac_result.result()]
 
 
 __all__ = ["COMPONENTS", "verify"]
