@@ -77,9 +77,9 @@ def plan_start(units: Sequence[str], written: Collection[str], files: Sequence[F
 
 def start_commands(plan: StartPlan, *, no_block: bool = False) -> list[str]:
     """daemon-reload, enable and start, for the push's follow-up; restarts are the caller's (rolling)."""
-    cmds = ["systemctl daemon-reload"] if plan.reload else []
-    if plan.enable:
-        cmds.append(systemctl_command("enable", "--quiet", *plan.enable))
+    cmds = ["systemctl daemon-reload"] if plan.reload or plan.enable else []
+    if plan.enable:  # `enable` reloads the manager again unless told not to: 0.5 s per node measured here
+        cmds.append(systemctl_command("enable", "--quiet", "--no-reload", *plan.enable))
     if plan.start:
         cmds.append(systemctl_command("reset-failed", *plan.start) + " 2>/dev/null || true")
         cmds.append(systemctl_command("start", *(["--no-block"] if no_block else []), *plan.start))
