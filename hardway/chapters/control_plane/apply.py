@@ -225,7 +225,7 @@ def kubectl(ctx: Context, *args: str, stdin: str | None = None) -> subprocess.Co
 def apply_rbac(ctx: Context) -> str:
     """The apiserver->kubelet RBAC with real kubectl and the admin kubeconfig (idempotent: `unchanged`)."""
     if is_standin(ctx.inv, APISERVER):  # installed by the plan; verify asks the running one (/version)
-        ctx.progress("-", "RBAC apiserver→kubelet: skipped: stand-in (it serves no RBAC API)")
+        ctx.progress("jumpbox", "RBAC apiserver→kubelet: skipped: stand-in (it serves no RBAC API)")
         return "apiserver→kubelet RBAC: skipped: stand-in"
     version = kubectl(ctx, "version", "-o", "json")
     try:
@@ -241,7 +241,7 @@ def apply_rbac(ctx: Context) -> str:
         raise HardwayError(f"`kubectl apply` of the apiserver→kubelet RBAC failed: "
                            f"{(out.stderr.strip().splitlines() or ['?'])[-1]}")
     lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
-    ctx.progress("-", "RBAC apiserver→kubelet: " + "; ".join(lines))
+    ctx.progress("jumpbox", "RBAC apiserver→kubelet: " + "; ".join(lines))
     changed = [ln for ln in lines if not ln.endswith("unchanged")]
     return f"apiserver→kubelet RBAC: {'applied' if changed else 'unchanged'} ({git})"
 
