@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from hardway.errors import HardwayError
 from hardway.facts import Fact, FactOutput, FileStat, file_hashes, file_stats, gather
-from hardway.files import File
+from hardway.files import File, stamps
 
 if TYPE_CHECKING:
     from hardway.remote import Remote
@@ -131,7 +131,7 @@ def sweep_command(names: Sequence[str]) -> str:
 def disk_facts(files: Sequence[File]) -> list[Fact]:
     """What plan_push needs to know about a node's disk, for one gather."""
     paths = [f.path for f in files]
-    return [file_hashes(paths), file_stats(paths), RECORD_FACT, STAGING_FACT]
+    return [file_hashes(paths, stamps(files)), file_stats(paths), RECORD_FACT, STAGING_FACT]
 
 
 @dataclass
@@ -252,11 +252,17 @@ def push_script(plan: PushPlan, staging: str, *, then: Sequence[str] = (), sweep
         for f in plan.adopt:
             script.append(f"cp -a {shlex.quote(f.path)} {shlex.quote(f'{f.path}.hardway-orig-{stamp}')}")
         for i, f in enumerate(plan.write):
-            staged = shlex.quote(f"{f.path}.hardway-new")
-            script.append(f"install -m {f.mode:04o} -o {shlex.quote(f.owner)} -g {shlex.quote(f.group)} "
-                          f"{q}/{i} {staged}")
+            # Owner and mode set on the staged file, then renamed next to its target (a copy only
+            # if the target is on another filesystem) and renamed over it: atomic, and big files
+            # are not written twice.
+            src, staged = f"{q}/{i}", shlex.quote(f"{f.path}.hardway-new")
+            script.append(f"chown {shlex.quote(f.owner)}:{shlex.quote(f.group)} {src}")
+            script.append(f"chmod {f.mode:04o} {src}")
+            if f.stamp is not None:
+                script.append(f"touch -m -d @{f.stamp} {src}")
+            script.append(f"mv {src} {staged}")
             script.append(f"mv -f {staged} {shlex.quote(f.path)}")
-        script.append(f"install -m 0600 -o root -g root {q}/record {RECORD}.hardway-new")
+        script.append(f"mv {q}/record {RECORD}.hardway-new")
         script.append(f"mv -f {RECORD}.hardway-new {RECORD}")
     for f in plan.fix:
         script.append(f"chown {shlex.quote(f.owner)}:{shlex.quote(f.group)} {shlex.quote(f.path)}")

@@ -87,7 +87,7 @@ def plan(ctx: Context) -> TrustRoll:
 
     def look(r: Remote) -> tuple[str, dict[str, deploy.Deployed], dict[str, str | None]]:
         paths = list(planned[r.node.name])
-        hashes = file_hashes(paths)
+        hashes = file_hashes(paths, deploy.stamps(list(planned[r.node.name].values())))
         v = gather(r, [TRUSTED, deploy.RECORD_FACT, hashes])
         return v[TRUSTED] or "", v[deploy.RECORD_FACT], v[hashes]
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from hardway.localfs import SECRET_MODE
+
+STAMP_MIN_BYTES = 1 << 20
+STAMP_EPOCH = 1_000_000_000  # 2001-09-09: stamps fall in the following 194 days
 
 
 def sha256_file(path: Path) -> str:
@@ -67,6 +71,19 @@ class File:
         assert self.source is not None
         return sha256_file(self.source)
 
+    @property
+    def size(self) -> int:
+        return len(self.content) if self.content is not None else self.source.stat().st_size  # type: ignore[union-attr]
+
+    @property
+    def stamp(self) -> int | None:
+        """The mtime hardway gives this file on a node, for a file big enough that reading it back
+        costs (a binary): derived from its sha256, so an untouched file is known by size and mtime
+        alone, like a reproducible build's fixed timestamps. None: always compared by hash."""
+        if self.size < STAMP_MIN_BYTES:
+            return None
+        return STAMP_EPOCH + int(self.sha256[:6], 16)
+
     def manifest_entry(self) -> dict[str, object]:
         return {
             "path": self.path,
@@ -76,3 +93,9 @@ class File:
             "services": list(self.services),
             "chapter": self.chapter,
         }
+
+
+def stamps(files: Iterable[File]) -> dict[str, tuple[str, int, int]]:
+    """path -> (sha256, size, mtime) of the big files hardway stamps (see File.stamp): what
+    facts.file_hashes may trust without reading them."""
+    return {f.path: (f.sha256, f.size, stamp) for f in files if (stamp := f.stamp) is not None}

@@ -44,7 +44,7 @@ def stale_units(files: Sequence[File], stats: dict[str, FileStat | None], states
     for unit, st in states.items():
         if st.active != "active" or st.since is None:
             continue
-        newest = max((s.mtime for f in files if unit in f.services and (s := stats.get(f.path)) is not None),
+        newest = max((s.changed for f in files if unit in f.services and (s := stats.get(f.path)) is not None),
                      default=0)
         if newest > st.since:
             stale.add(unit)

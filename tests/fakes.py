@@ -37,6 +37,7 @@ class FakeFile:
     owner: str = "root"
     group: str = "root"
     mtime: int = 0
+    ctime: int = 0
 
 
 @dataclass
@@ -98,10 +99,11 @@ class FakeNode:
         if fact.args and all(isinstance(a, Fact) for a in fact.args):  # facts.concurrently: answer each part
             return parts_output([self.answer(part) for part in fact.args])
         if fact.name == "file_hashes":
-            return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in fact.args if p in fs))
+            paths = fact.args[0]
+            return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in paths if p in fs))
         if fact.name == "file_stats":
-            return FactOutput("".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {fs[p].mtime} {p}\n"
-                                      if p in fs else f"700 root root 0 {p}\n"
+            return FactOutput("".join(f"{fs[p].mode:o} {fs[p].owner} {fs[p].group} {fs[p].mtime} {fs[p].ctime} {p}\n"
+                                      if p in fs else f"700 root root 0 0 {p}\n"
                                       for p in fact.args if p in fs or p in self.dirs))
         if fact.name == "deployed":
             return FactOutput(fs[RECORD].data.decode() if RECORD in fs else "")
@@ -206,14 +208,17 @@ class FakeRemote:
             return ""
         if words[0] == "install":
             mode, owner, group, src, dst = int(words[2], 8), words[4], words[6], words[7], words[8]
-            fs[dst] = FakeFile(fs[src].data, mode, owner, group, node.tick())
+            now = node.tick()
+            fs[dst] = FakeFile(fs[src].data, mode, owner, group, now, now)
             return ""
-        if words[:2] == ["mv", "-f"]:
-            fs[words[3]] = fs.pop(words[2])
+        if words[0] == "mv":
+            src, dst = words[-2], words[-1]
+            fs[dst] = fs.pop(src)
+            fs[dst].ctime = node.tick()
             return ""
         if words[:2] == ["cp", "-a"]:
             src = fs[words[2]]
-            fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime)
+            fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime, node.tick())
             return ""
         if words[:2] == ["rm", "-rf"]:
             for target in (w for w in words[2:] if w != "--"):
@@ -227,6 +232,9 @@ class FakeRemote:
             return ""
         if words[0] == "chmod":
             fs[words[2]].mode = int(words[1], 8)
+            return ""
+        if words[:3] == ["touch", "-m", "-d"]:  # `touch -m -d @EPOCH path`
+            fs[words[4]].mtime, fs[words[4]].ctime = int(words[3].lstrip("@")), node.tick()
             return ""
         if words[0] == "true":
             return ""

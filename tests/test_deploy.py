@@ -41,8 +41,8 @@ def test_install_writes_changed_files_atomically_with_mode_owner_and_record() ->
     staging = cluster[NODE.name].uploads[0].rsplit("/", 1)[0]
     assert staging.startswith(f"{deploy.STAGING}/run-"), "staging lives under hardway's own dir"
     # staged next to the target by `install -m`, then renamed over it: never half a file
-    assert f"install -m 0600 -o root -g root {staging}/1 /etc/etcd/etcd.key.hardway-new" in script
-    assert "mv -f /etc/etcd/etcd.key.hardway-new /etc/etcd/etcd.key" in script
+    assert (f"chown root:root {staging}/1; chmod 0600 {staging}/1; mv {staging}/1 /etc/etcd/etcd.key.hardway-new; "
+            "mv -f /etc/etcd/etcd.key.hardway-new /etc/etcd/etcd.key") in script
     assert not any(p.startswith(deploy.STAGING) for p in fs), "staging dir removed"
     assert record(cluster)["/etc/etcd/etcd.key"] == {
         "sha256": files()[1].sha256, "mode": "0600", "owner": "root", "group": "root", "chapter": "etcd"}

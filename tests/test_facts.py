@@ -37,6 +37,7 @@ def test_file_hashes_and_stats_name_the_missing_file_none() -> None:
     assert stats["/etc/etcd/etcd.key"] is not None and stats["/etc/etcd/etcd.key"].mode == 0o600
     assert (stats["/etc/etcd/ca.crt"].owner, stats["/etc/etcd/ca.crt"].mode) == ("root", 0o644)
     assert stats["/etc/etcd/ca.crt"].mtime > 1_700_000_000 and stats["/etc/etcd/missing.pem"] is None
+    assert stats["/etc/etcd/ca.crt"].changed >= stats["/etc/etcd/ca.crt"].mtime
 
 
 def test_unit_states_of_a_running_an_absent_and_a_stopped_unit() -> None:
@@ -114,7 +115,8 @@ def test_plan_start_starts_stopped_enables_disabled_and_restarts_only_changed() 
 
 
 def test_a_unit_started_before_its_files_changed_is_stale() -> None:
-    stats = {CERT.path: FileStat(0o644, "root", "root", 300)}
+    """Judged by ctime (when the file was replaced), which nothing can set back; not by mtime."""
+    stats = {CERT.path: FileStat(0o644, "root", "root", mtime=1, changed=300)}
     assert services.stale_units([CERT], stats, {"etcd": UnitState("active", 200, "enabled")}) == {"etcd"}
     assert services.stale_units([CERT], stats, {"etcd": UnitState("active", 300, "enabled")}) == set()
     assert services.stale_units([CERT], stats, {"etcd": UnitState("inactive", 200, "enabled")}) == set()
@@ -148,3 +150,36 @@ def test_concurrently_runs_its_parts_at_once_and_parses_each() -> None:
     values = both.parse(FactOutput(out.stdout, out.returncode))
     assert [values[f.key] for f in slow] == [(0, f"answer {i}") for i in range(3)]
     assert values[failing.key] == (3, "no newline")
+
+
+def test_a_stamped_big_file_is_known_by_size_and_mtime_and_read_when_either_differs(tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import subprocess
+
+    big = tmp_path / "etcd"
+    big.write_bytes(b"x" * 100)
+    real = hashlib.sha256(big.read_bytes()).hexdigest()
+    os.utime(big, (1_000_000_123, 1_000_000_123))
+    claimed = "c" * 64  # what the stamp vouches for; returned only if the file is not read
+
+    def run(stamped: dict) -> dict:
+        fact = facts.file_hashes([str(big)], stamped)
+        out = subprocess.run(["sh", "-c", fact.shell], capture_output=True, text=True, check=True).stdout
+        return fact.parse(FactOutput(out, 0))
+
+    assert run({str(big): (claimed, 100, 1_000_000_123)}) == {str(big): claimed}, "trusted: not read"
+    assert run({str(big): (claimed, 100, 1_000_000_124)}) == {str(big): real}, "another mtime: read"
+    assert run({str(big): (claimed, 99, 1_000_000_123)}) == {str(big): real}, "another size: read"
+    assert run({}) == {str(big): real}
+
+
+def test_big_files_get_their_stamp_when_installed_and_small_ones_keep_real_times() -> None:
+    binary = File("/usr/local/bin/etcd", 0o755, content=b"\x7fELF" + b"x" * (1 << 20))
+    config = File("/etc/etcd/ca.crt", 0o644, content=b"ca")
+    assert binary.stamp is not None and config.stamp is None
+    plan = deploy.plan_push([binary, config], {}, {}, {})
+    script = deploy.push_script(plan, "/var/lib/hardway/staging/run-x")
+    steps = script.split("; ")
+    assert steps.count(f"touch -m -d @{binary.stamp} /var/lib/hardway/staging/run-x/0") == 1
+    assert sum(s.startswith("touch -m -d @") for s in steps) == 1, "only the big file is stamped"

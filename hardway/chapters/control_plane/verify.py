@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from hardway import pki, remote
+from hardway import deploy, pki, remote
 from hardway.chapters.base import Context
 from hardway.chapters.control_plane import apply, probes
 from hardway.chapters.control_plane import loadbalancer as lb
@@ -128,7 +128,8 @@ def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[Fil
     alongside (their values come back as the second item); ``known``: the hashes and stats an apply's
     survey just read, when nothing was pushed there since."""
     paths = [] if known else [f.path for f in files]
-    states, hashes, stats = unit_states(units), file_hashes(paths), file_stats(paths)
+    states, stats = unit_states(units), file_stats(paths)
+    hashes = file_hashes(paths, deploy.stamps([f for f in files if f.path in paths]))  # big stamped files: not read
     lint = unit_lint([unit_file(u) for u in units])
     journals = {u: journal_since_start(u) for u in units}
     # the components' health is asked from the jumpbox (a client's view); HAProxy's view of the

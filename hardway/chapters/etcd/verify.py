@@ -17,7 +17,7 @@ from hardway.chapters.etcd.files import UNIT, UNIT_PATH, ctl
 from hardway.chapters.pki import throwaway_client
 from hardway.checks import FAIL, OK, WARN, CheckResult
 from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint, unit_states
-from hardway.files import File
+from hardway.files import File, stamps
 from hardway.inventory import Inventory, Node
 from hardway.pki.catalogue import ETCD_CA_NAME
 from hardway.remote import Remote
@@ -109,7 +109,7 @@ class MemberFacts:
 def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
     """Everything verify needs from one member, in one round trip (plus one if the unit names extra files)."""
     paths = [x.path for x in files]
-    hashes, stats, states = file_hashes(paths), file_stats(paths), unit_states((UNIT,))
+    hashes, stats, states = file_hashes(paths, stamps(files)), file_stats(paths), unit_states((UNIT,))
     lint, journal = unit_lint([UNIT_PATH]), journal_since_start(UNIT)
     h, s, m = health(inv, r.node), status(inv, r.node), members(inv, r.node)
     v = gather(r, [states, hashes, stats, UNIT_TEXT, lint, journal, h, s, m], timeout=60)
