@@ -36,9 +36,9 @@ def elf(path: Path, machine: int = 0x3E) -> Path:
     return path
 
 
-def sample(tmp: Path, extra_binaries: str = "") -> inventory.Inventory:
+def sample(tmp: Path, extra_binaries: str = "", machine: int = 0x3E) -> inventory.Inventory:
     text = (ROOT / "inventory" / "sample.yaml").read_text()
-    kubectl = elf(tmp / "kubectl")
+    kubectl = elf(tmp / "kubectl", machine)
     text = text.replace("  etcdctl: {path: ./bin/etcdctl}\n",
                         f"  etcdctl: {{path: ./bin/etcdctl}}\n  kubectl: {{path: {kubectl}}}\n{extra_binaries}")
     return inventory.parse(text, "sample.yaml", base=ROOT / "inventory")
@@ -311,3 +311,43 @@ def test_an_apiserver_cert_without_the_endpoint_is_refused_naming_rotate_certs(c
                                            r"\(api_endpoint\.address\).*run `invoke rotate-certs`"):
         apply(moved, state, cluster)
     nothing_changed(cluster)
+
+
+# --- a real apiserver: the RBAC with the jumpbox's kubectl -----------------------------------
+
+FAKE_KUBECTL = """#!/bin/sh
+# a stand-in for the jumpbox's kubectl: answers `version`, records what `apply -f -` was given
+echo "$@" >> "{log}"
+case "$*" in
+  *" version "*) echo '{{"serverVersion": {{"gitVersion": "v1.32.3"}}}}' ;;
+  *" apply -f -"*) cat > "{applied}"
+      if [ -e "{applied}.seen" ]; then s=unchanged; else s=created; touch "{applied}.seen"; fi
+      echo "clusterrole.rbac.authorization.k8s.io/system:kube-apiserver-to-kubelet $s"
+      echo "clusterrolebinding.rbac.authorization.k8s.io/system:kube-apiserver $s" ;;
+  *" get "*) echo clusterrole.rbac.authorization.k8s.io/system:kube-apiserver-to-kubelet ;;
+esac
+"""
+
+
+def test_with_a_real_apiserver_the_rbac_is_applied_with_kubectl_once_and_unchanged_after(cp, tmp_path,
+                                                                                         monkeypatch) -> None:
+    _, state = cp
+    arm = elf(tmp_path / "kube-apiserver", machine=0xB7)  # not runnable here: its flags come from the data
+    inv = sample(tmp_path, f"  kube-apiserver: {{path: {arm}}}\n", machine=0xB7)
+    log, applied = tmp_path / "kubectl.log", tmp_path / "applied.yaml"
+    (tmp_path / "jumpbox").mkdir()
+    kubectl = tmp_path / "jumpbox" / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL.format(log=log, applied=applied))
+    kubectl.chmod(0o755)
+    monkeypatch.setattr("shutil.which", lambda name: str(kubectl) if name == "kubectl" else None)
+    cluster = fake_cluster(inv)
+    for node in cluster.nodes.values():
+        node.arch = "aarch64"
+    report = apply(inv, state, cluster)
+    assert "apiserver→kubelet RBAC: applied (v1.32.3)" in report.notes
+    assert "kube-apiserver kube-controller-manager (stand-in) kube-scheduler (stand-in) on controller-0" in \
+        report.summary(), "the real binary is not called a stand-in, the others are"
+    assert applied.read_text() == cp_files.rbac_yaml(inv)
+    assert f"--kubeconfig={state.kubeconfig('admin')}" in log.read_text(), "the admin kubeconfig, via the endpoint"
+    again = apply(inv, state, cluster)
+    assert "apiserver→kubelet RBAC: unchanged (v1.32.3)" in again.notes

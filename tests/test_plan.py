@@ -350,3 +350,19 @@ def test_binaries_resolved_are_planned_unresolved_are_left_out(state, tmp_path):
     files = by_path(chapter_files(inv_b, "controller-0", state, "etcd", cache_dir=tmp_path / "cache"))
     assert files["/usr/local/bin/etcdctl"].source == cached
     assert "/usr/local/bin/etcdctl" not in by_path(chapter_files(inv_b, "controller-0", state, "etcd"))
+
+
+def test_the_load_balancer_gets_its_config_its_health_certificate_and_the_ca_only(inv, state, plans):
+    lb = inv.loadbalancers[0]
+    files = by_path(plans[lb.name])
+    assert set(files) == {"/etc/haproxy/kube-apiserver-lb.cfg", "/etc/haproxy/kube-apiserver-lb/ca.crt",
+                          "/etc/haproxy/kube-apiserver-lb/health.crt", "/etc/haproxy/kube-apiserver-lb/health.crt.key",
+                          "/etc/systemd/system/kube-apiserver-lb.service"}
+    assert files["/etc/haproxy/kube-apiserver-lb/ca.crt"].content == state.cert("ca").read_bytes()
+    assert files["/etc/haproxy/kube-apiserver-lb/health.crt.key"].mode == 0o600
+    keys = [f.path for f in files.values() if f.secret]
+    assert keys == ["/etc/haproxy/kube-apiserver-lb/health.crt.key"], "its own health-check key, nothing else"
+    config = files["/etc/haproxy/kube-apiserver-lb.cfg"].content.decode()
+    assert "bind :6443" in config and "mode tcp" in config and "option httpchk GET /readyz" in config
+    for c in inv.controllers:
+        assert f"server {c.name} {c.address}:6443" in config
