@@ -234,6 +234,19 @@ def test_a_load_balancer_that_forwards_nowhere_is_one_line(cluster, lab, tmp_pat
     assert not failures(report.results), failures(report.results)
 
 
+def test_kubeconfig_admin_gives_kubectl_on_the_jumpbox_through_the_load_balancer(cluster, lab, tmp_path) -> None:
+    _, state = cluster
+    out = tmp_path / "kube" / "config"
+    proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "kubeconfig.admin", "--out", str(out),
+                           "--inventory", str(lab.inventory_path), "--pki-dir", str(state.root)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    ready = subprocess.run(["kubectl", f"--kubeconfig={out}", "get", "--raw", "/readyz"], capture_output=True,
+                           text=True, timeout=60)
+    assert ready.stdout.strip() == "ok", ready.stderr
+
+
 def test_verify_task_json_names_stand_ins_and_skips(cluster, lab) -> None:
     _, state = cluster
     proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), "verify", "--chapter", "control-plane",
