@@ -116,3 +116,28 @@ def test_the_endpoint_moves_and_a_polling_client_sees_no_failure(roll_lab, tmp_p
     results = CP.verify(Context(moved, state, progress=QUIET))
     assert not [r for r in results if r.status == FAIL], [r for r in results if r.status == FAIL]
     assert run_on(inv, lb_node, "systemctl is-active kube-apiserver-lb").stdout.strip() == "active"
+
+
+def test_a_changed_haproxy_config_is_reloaded_without_a_failed_request(roll_lab) -> None:
+    """What hardway does when the load balancer's config changes (a controller added, say): reload,
+    which hands the listening socket to new workers while the old ones finish."""
+    from hardway.chapters.control_plane import apply
+    from tests.test_bootstrap_etcd import run_on
+
+    the_lab, state = roll_lab
+    inv = the_lab.inventory
+    lb_node = inv.loadbalancers[0]
+    before = run_on(inv, lb_node, "systemctl show -p MainPID --value kube-apiserver-lb").stdout.strip()
+    poller = Poller(str(lb_node.address), 6443, state)
+    poller.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(2):
+            apply.reload_balancer(Context(inv, state, progress=QUIET), lb_node)
+            time.sleep(0.5)
+    finally:
+        poller.stop.set()
+        poller.join(timeout=30)
+    assert poller.failures == [] and poller.ok > 20, (poller.ok, poller.failures[:5])
+    after = run_on(inv, lb_node, "systemctl show -p MainPID --value kube-apiserver-lb").stdout.strip()
+    assert after == before, "reloaded by the master, not restarted"
