@@ -242,7 +242,7 @@ def context(inv, state, *, connector, timeout: float = 90.0, adopt: bool = False
 def apply_task(chapter):  # -> invoke Task
     """The task that applies ``chapter`` (`invoke <chapter.task>`): preflight, push, start, wait, checks."""
 
-    def apply(c, inventory=None, pki_dir=None, timeout=None, adopt=False):
+    def apply(c, inventory=None, pki_dir=None, timeout=None, adopt=False, fix=False):
         from hardway import binaries, checks, remote
 
         wait = seconds(timeout, "--timeout", 90.0)
@@ -251,20 +251,32 @@ def apply_task(chapter):  # -> invoke Task
             if name in inv.binaries:
                 binaries.fetch(inv.binaries[name], CACHE_DIR)
         with remote.Pool() as pool:
-            report = chapter.apply(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait, adopt=adopt))
+            ctx = context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait, adopt=adopt)
+            ctx.fix = fix
+            report = chapter.apply(ctx)
         print(checks.format_table(report.results))
         print(f"{report.summary()} ({report.seconds:.1f}s)")
         if checks.failed(report.results):
             raise Exit(f"{chapter.task}: applied, but some checks failed (see hints above)", code=1)
 
     apply.__doc__ = f"{chapter.title}: preflight, push, start and verify (re-running it changes nothing)."
-    return task(name=chapter.task, auto_shortflags=False, help={
+    helps = {
         "inventory": INVENTORY_HELP,
         "pki-dir": "PKI state directory (default: pki/<cluster name>)",
         "timeout": "seconds to wait for every service to become healthy (default 90)",
         "adopt": "replace files at planned paths that hardway did not deploy, keeping each as "
                  "<path>.hardway-orig-<time> (default: stop and name them)",
-    })(user_errors(apply))
+    }
+    if chapter.fixable:
+        helps["fix"] = ("repair what preflight finds fixable and persist it (swap off with /etc/fstab's swap lines "
+                        "commented out, br_netfilter, sysctls), saying what it changed (default: stop and name it)")
+        body = apply
+    else:
+        def body(c, inventory=None, pki_dir=None, timeout=None, adopt=False):
+            return apply(c, inventory, pki_dir, timeout, adopt)
+
+        body.__doc__ = apply.__doc__
+    return task(name=chapter.task, auto_shortflags=False, help=helps)(user_errors(body))
 
 
 def _verify_choices() -> str:

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(systemd systemd-container openssh-server openssh-client etcd-server etcd-client
-          iproute2 kmod openssl curl haproxy)
+          iproute2 kmod openssl curl haproxy
+          containerd runc containernetworking-plugins socat conntrack ipset iputils-ping)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)

@@ -96,7 +96,7 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/kube-controller-manager.kubeconfig", "/etc/kubernetes/kube-scheduler.kubeconfig",
         "/etc/kubernetes/config/kube-scheduler.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
-        "/etc/systemd/system/kube-scheduler.service",
+        "/etc/systemd/system/kube-scheduler.service", "/etc/systemd/system/hardway-pod-routes.service",
         "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
         "/etc/kubernetes/pki/apiserver-etcd-client.key",
         # the sample names no Kubernetes binaries: the stand-ins (its etcd binaries do not exist: none)
@@ -113,8 +113,9 @@ def test_worker_file_set(inv, plans):
         "/var/lib/kube-proxy/kubeconfig", "/var/lib/kube-proxy/kube-proxy-config.yaml",
         "/etc/containerd/config.toml", "/etc/cni/net.d/10-bridge.conf", "/etc/cni/net.d/99-loopback.conf",
         "/etc/systemd/system/containerd.service", "/etc/systemd/system/kubelet.service",
-        "/etc/systemd/system/kube-proxy.service", "/etc/modules-load.d/hardway.conf",
-        "/etc/sysctl.d/99-hardway.conf",
+        "/etc/systemd/system/kube-proxy.service",
+        # no kubelet/kube-proxy binaries in the sample: their stand-ins; sysctl and module files only with --fix
+        "/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy", "/etc/systemd/system/hardway-pod-routes.service",
     }
     for w in inv.workers:
         assert {f.path for f in plans[w.name]} == expected
@@ -124,10 +125,9 @@ def test_secret_files_are_0600_and_everything_with_key_material_is_secret(plans)
     for files in plans.values():
         for f in files:
             assert (f.mode == 0o600) == f.secret, f.path
-            data = f.content or b""
-            if data.startswith(b"#!"):  # a stand-in program: it names key formats, it holds none
-                assert f.mode == 0o755 and not f.secret, f.path
+            if f.mode == 0o755:  # a program (a stand-in's source names keys and kubeconfig fields)
                 continue
+            data = f.content or b""
             holds_key = b"PRIVATE KEY" in data or b"client-key-data" in data or b"secret:" in data
             assert f.secret == holds_key, f.path
 
@@ -156,7 +156,7 @@ def test_no_node_holds_the_etcd_ca_key_and_only_controllers_hold_etcd_credential
 
 def test_chapters_and_services(inv, state, plans):
     node_chapters = [c.name for c in REGISTRY if c.targets(inv)]
-    assert node_chapters == ["etcd", "control-plane", "workers"]
+    assert node_chapters == ["etcd", "control-plane", "workers", "pod-routes"]
     for n in inv.nodes:
         for f in plans[n.name]:
             assert f.chapter in node_chapters
@@ -179,8 +179,10 @@ def test_chapters_and_services(inv, state, plans):
 def test_units_restart_their_own_service(plans):
     for files in plans.values():
         for f in files:
-            if f.path.startswith("/etc/systemd/system/"):
+            if f.path.startswith("/etc/systemd/system/") and f.chapter != "pod-routes":
                 assert f.services == (Path(f.path).stem,)
+            elif f.chapter == "pod-routes":  # read at boot only: apply changes the live routes itself
+                assert f.services == ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def test_worker_configs(inv, state, plans):
         assert kubelet["clusterDNS"] == ["10.32.0.10"]
         assert kubelet["clusterDomain"] == "cluster.local"
         assert kubelet["podCIDR"] == str(w.pod_cidr)
-        assert kubelet["resolvConf"] == "/run/systemd/resolve/resolv.conf"
+        assert kubelet["resolvConf"] == "/etc/resolv.conf"  # without facts; apply decides per node
         assert kubelet["cgroupDriver"] == "systemd"
         assert kubelet["containerRuntimeEndpoint"] == "unix:///var/run/containerd/containerd.sock"
         assert kubelet["authorization"]["mode"] == "Webhook"
@@ -282,12 +284,6 @@ def test_worker_configs(inv, state, plans):
         assert toml["version"] == 3
         runc = toml["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"]
         assert runc["options"]["SystemdCgroup"] is True
-        modules = files["/etc/modules-load.d/hardway.conf"].content.decode().split("\n")
-        assert "overlay" in modules and "br_netfilter" in modules
-        sysctl = files["/etc/sysctl.d/99-hardway.conf"].content.decode()
-        for line in ("net.bridge.bridge-nf-call-iptables = 1", "net.bridge.bridge-nf-call-ip6tables = 1",
-                     "net.ipv4.ip_forward = 1"):
-            assert line in sysctl.splitlines()
 
 
 def test_containerd_1x_gets_config_version_2(state):

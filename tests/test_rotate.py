@@ -48,6 +48,8 @@ def deployed(tmp_path: Path, monkeypatch) -> tuple[inventory.Inventory, PkiState
         fake = cluster[node.name]
         fake.services = {s: FakeService(True, fake.tick()) for f in files for s in f.services}
         fake.facts["etcd_health"] = FactOutput(f"https://{node.address}:2379 is healthy", 0)
+        fake.facts.update({"containerd_version": "Server:\n  Version: 2.1.0", "kubelet_healthz": "ok",
+                           "kube_proxy_healthz": "{}"})  # a restarted worker service answers
         if node.is_controller:
             cp_fakes.controller(fake)
         if node.is_loadbalancer:

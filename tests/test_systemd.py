@@ -121,7 +121,8 @@ def test_no_hand_placed_backslashes_in_unit_templates():
     for template in (Path(__file__).resolve().parent.parent / "templates" / "units").glob("*.j2"):
         text = template.read_text()
         assert "\\" not in text, template
-        assert re.search(r"^ExecStart=\{\{ argv \| systemd_exec \}\}$", text, re.M), template
+        # argv built in Python; a oneshot may run several (hardway-pod-routes: one per route, '-': independent)
+        assert re.search(r"^ExecStart=-?\{\{ (argv|\w+\.argv) \| systemd_exec \}\}$", text, re.M), template
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +132,10 @@ def test_no_hand_placed_backslashes_in_unit_templates():
 def test_every_rendered_unit_passes_verify(inv, build, tmp_path):
     _, written = build
     units = [p for p in written if p.suffix == ".service"]
-    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers) + len(inv.loadbalancers)
+    # etcd + 3 control-plane units per controller, 3 per worker, the pod-routes boot unit on every controller
+    # and worker, HAProxy's on each load balancer
+    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers) + len(inv.controllers) + len(inv.workers) \
+        + len(inv.loadbalancers)
     assert lint_units(units) == []
     # The same verdict straight from systemd-analyze, on copies whose binary exists here.
     for unit in units:

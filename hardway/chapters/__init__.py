@@ -7,7 +7,7 @@ spelled anywhere else.
 
 from __future__ import annotations
 
-from hardway.chapters import control_plane, etcd, pki, workers
+from hardway.chapters import control_plane, etcd, pki, pod_routes, smoke, workers
 from hardway.chapters.base import Chapter, Context
 from hardway.errors import HardwayError
 from hardway.inventory import Inventory, Node
@@ -17,6 +17,8 @@ REGISTRY: tuple[Chapter, ...] = (
     etcd.CHAPTER,
     control_plane.CHAPTER,
     workers.CHAPTER,
+    pod_routes.CHAPTER,
+    smoke.CHAPTER,
 )
 
 __all__ = ["REGISTRY", "Chapter", "Context", "by_name", "distributed_binaries", "distributed_units",

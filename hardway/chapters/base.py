@@ -7,13 +7,15 @@ its services and waits until they are healthy, how one of its services is restar
 
     survey  (one round trip per node: the chapter's facts, the disk, the record, unit states)
       -> judge (pure)          stop here, nothing changed, if anything failed or a file is foreign
-      -> push + follow-up      one exec per node: install changed files, daemon-reload, enable, start
+      -> push + follow-up      one exec per node: install changed files, the chapter's steps (routes,
+                               live sysctls: commands computed from facts), daemon-reload, enable, start
       -> settle                wait healthy; restart running services whose files changed, rolling
       -> finish                steps that need every service up (the control plane's RBAC)
       -> checks
 
-A chapter that writes no files (pod routes, the smoke test) overrides ``apply`` with commands that
-are a pure function of facts.
+A chapter that changes more than files and services (pod routes, ``--fix``) returns ``Step``s from
+``node_steps``, a pure function of the survey's facts, run in the push's exec; one that touches no
+node at all (the smoke test) overrides ``apply``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ class Finding:
     message: str
 
 
+@dataclass(frozen=True)
+class Step:
+    """A change on a node other than a file or a service: ``what`` for people, ``command`` to do it."""
+
+    what: str  # "route 10.200.1.0/24 via 10.77.0.21 added"
+    command: str
+
+
 @dataclass
 class Context:
     """Everything a chapter works with during one task."""
@@ -55,6 +65,7 @@ class Context:
     progress: Progress = field(default_factory=Progress)
     timeout: float = 90.0
     adopt: bool = False  # replace foreign files at planned paths (keeping a backup)
+    fix: bool = False  # persist what preflight found fixable (chapters that offer fixes: `--fix`)
     _files: dict[tuple[str, str], list[File]] = field(default_factory=dict, repr=False)
     # node -> what the survey read from its disk (hashes, stats), while nothing was pushed there since:
     # the checks that follow an apply need not hash the same files again
@@ -94,22 +105,25 @@ class ApplyReport:
     seconds: float
     bytes_sent: int = 0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: where the time went
+    steps: dict[str, list[str]] = field(default_factory=dict)  # node -> what its Steps did
     labels: dict[str, str] = field(default_factory=dict)  # unit -> how to show it ("kube-apiserver (stand-in)")
     notes: list[str] = field(default_factory=list)  # what the chapter's finishing steps did (RBAC, ...)
 
     def summary(self) -> str:
         files = sum(len(v) for v in self.written.values())
+        done = "".join(f"; {n}: {', '.join(v)}" for n, v in self.steps.items() if v)
         notes = "".join(f"; {n}" for n in self.notes)
         if not files and not self.started and not self.restarted:
-            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts{notes}"
+            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts{done}{notes}" if not done else \
+                f"{self.chapter}: 0 files written, 0 restarts{done}{notes}"
 
         def units(d: dict[str, list[str]]) -> str:
             return ", ".join(f"{' '.join(self.labels.get(u, u) for u in v)} on {n}" for n, v in d.items()) or "none"
 
         mb, push = self.bytes_sent / 1e6, self.phases.get("push", 0.0)
-        sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb and push else ""
+        sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb >= 0.05 and push else ""
         return (f"{self.chapter}: {files} file(s) written on {sum(1 for v in self.written.values() if v)} "
-                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{notes}")
+                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{done}{notes}")
 
 
 def hashes_fact_of(survey: Survey) -> Fact | None:
@@ -140,6 +154,7 @@ class Chapter:
     binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
     no_block_start: bool = False  # Type=notify units that only come up together (etcd)
     survey_at_once: bool = False  # run the survey's facts at the same time on a node (none measures latency)
+    fixable: bool = False  # its task takes --fix: preflight's fixable findings are repaired (Context.fix)
 
     def __repr__(self) -> str:
         return f"<chapter {self.name}>"
@@ -209,6 +224,11 @@ class Chapter:
                                       [Finding(o.node.name, FAIL, error)], []))
         return surveys
 
+    def node_steps(self, ctx: Context, survey: Survey) -> list[Step]:
+        """Changes beyond files and services, from the survey's facts (pure); run after the files are
+        in place and before services start, in the push's exec."""
+        return []
+
     def follow_up(self, ctx: Context, survey: Survey, written: Sequence[str]) -> services.StartPlan:
         """What the node's units need once the push is in place (run in the push's own exec)."""
         return services.plan_start(self.node_units(survey.node), written, survey.files, survey.stats, survey.states)
@@ -241,13 +261,17 @@ class Chapter:
             if s.push.idle and hashes_fact_of(s) is not None:
                 ctx.disk[s.node.name] = (s.facts[hashes_fact_of(s)], s.stats)
         start_plans: dict[str, services.StartPlan] = {}
+        steps = {s.node.name: self.node_steps(ctx, s) for s in surveys}
 
         def push(r: Remote) -> PushReport:
             s = by_name[r.node.name]
             start = self.follow_up(ctx, s, [f.path for f in s.push.write])
             start_plans[r.node.name] = start
+            then = [st.command for st in steps[r.node.name]]
             report = deploy.push(r, s.push, sweep=s.sweep,
-                                 then=services.start_commands(start, no_block=self.no_block_start))
+                                 then=then + services.start_commands(start, no_block=self.no_block_start))
+            for st in steps[r.node.name]:
+                ctx.progress(r.node, st.what)
             ctx.progress(r.node, f"pushed {len(report.written)} changed file(s)" if report.written
                          else "files up to date")
             if start.start:
@@ -272,7 +296,8 @@ class Chapter:
         lap("checks")
         return ApplyReport(self.name, findings, written, started, restarted, results, time.monotonic() - t0,
                            sum(o.value.bytes_sent for o in pushed if o.value), phases,
-                           {u: self.unit_label(ctx.inv, u) for u in self.units}, notes)
+                           steps={n: [st.what for st in v] for n, v in steps.items() if v},
+                           labels={u: self.unit_label(ctx.inv, u) for u in self.units}, notes=notes)
 
     def settle(self, ctx: Context, nodes: Sequence[Node], plans: dict[str, services.StartPlan]) -> dict[str, list[str]]:
         """Wait for what was started; then restart, one node at a time, what runs on old files."""

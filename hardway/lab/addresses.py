@@ -34,6 +34,13 @@ LOADBALANCER_OFFSET = 5  # lb-0 at .5, the API endpoint
 MAX_CONTROLLERS = WORKER_OFFSET - CONTROLLER_OFFSET
 NODE_IFACE = "eth0"
 
+# The workers' runtime: Debian's containerd, runc and containernetworking-plugins on the host
+# (scripts/setup.sh installs them), hidden from the nodes like etcd, so hardway installs them.
+LAB_RUNTIME = (("containerd", "/usr/bin/containerd"),
+               ("containerd-shim-runc-v2", "/usr/bin/containerd-shim-runc-v2"), ("ctr", "/usr/bin/ctr"),
+               ("runc", "/usr/sbin/runc"), ("bridge", "/usr/lib/cni/bridge"),
+               ("host-local", "/usr/lib/cni/host-local"), ("loopback", "/usr/lib/cni/loopback"))
+
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 _SHORT_TAG = re.compile(r"^[a-z0-9]{1,6}$")
 _MAX_NODES = 999  # veth names carry the index: hw-<6>-<3>p is 14 characters
@@ -261,6 +268,7 @@ def render_inventory(p: LabLayout) -> str:
         "# (docs/stand-ins.md). Name the real ones (a path, or the kubernetes-server tarball's URL and",
         "# sha256) and the same lab runs them; name kubectl to have it on the controllers too.",
         "binaries:",
+        *[f"  {name}: {{path: {path}}}" for name, path in LAB_RUNTIME],
         "  etcd: {path: /usr/bin/etcd}",
         "  etcdctl: {path: /usr/bin/etcdctl}",
         "",

@@ -29,8 +29,10 @@ from hardway.lab.addresses import STATE_ROOT, LabLayout, LabNode, known_hosts_li
 KEEP_UNITS = frozenset({"ssh.service", "sshd.service", "remote-fs.target", "machines.target"})
 # Templates of masked units whose instances a generator would start anyway.
 EXTRA_MASKS = ("postgresql@.service",)
-# Host state that must not show through: the packaged etcd's data dir (a node starts without one).
-HIDDEN_DIRS = ("var/lib/etcd",)
+# Host state that must not show through: the packaged etcd's data dir (a node starts without one),
+# the containerd package's config (hardway writes its own: the package's would be a foreign file)
+# and the CNI plugins' package dir (hardway installs them into /opt/cni/bin).
+HIDDEN_DIRS = ("var/lib/etcd", "etc/containerd", "usr/lib/cni")
 # Where a jumpbox keeps secrets: nodes get these as empty directories of their own (opaque in the
 # overlay), so a CA key in the checkout's pki/ or a test's PKI under /tmp never reaches a node.
 EMPTIED_DIRS = ("tmp", "var/tmp", "home", "root")

@@ -74,12 +74,19 @@ def ensure_mounted(p: LabLayout, node: LabNode) -> None:
 
 
 def nspawn_command(p: LabLayout, node: LabNode) -> list[str]:
+    # CAP_NET_ADMIN (and NSPAWN_ENV's writable /proc/sys/net): a node manages its own network
+    # namespace, as a machine would (pod routes, ip_forward, the bridge sysctls); nspawn grants
+    # neither with --network-namespace-path. Both reach only the node's own namespace.
     return [
         "systemd-nspawn", "--boot", f"--directory={p.merged(node)}",
         f"--machine={p.machine(node)}", f"--hostname={node.name}",
         "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{p.netns(node)}",
+        "--capability=CAP_NET_ADMIN",
         "--console=read-only", "--link-journal=no", "--resolv-conf=off", "--timezone=off",
     ]
+
+
+NSPAWN_ENV = {"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}  # /proc/sys/net writable, the rest of /proc/sys not
 
 
 def launch(p: LabLayout, node: LabNode) -> int:
@@ -97,7 +104,8 @@ def launch(p: LabLayout, node: LabNode) -> int:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {node.name}\n".encode())
         out.flush()
         argv = cgroups.enter_command(procs, ["setsid", "--fork", *nspawn_command(p, node)])
-        forked = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
+        forked = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False,
+                                env={**os.environ, **NSPAWN_ENV})
     if forked.returncode != 0:
         raise HardwayError(f"node {node.name}: cannot start systemd-nspawn (exit {forked.returncode}); see {log_path}")
     deadline = time.monotonic() + 10
