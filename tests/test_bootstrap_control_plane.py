@@ -2,6 +2,8 @@
 HAProxy and kubectl; the Kubernetes server components are their stand-ins (no real binary here).
 
 Tests run in file order on one bootstrapped control plane; each one that breaks something repairs it.
+A lab of their own (3 controllers, a worker, the load balancer): the session lab's etcd tests start
+from nothing.
 """
 
 from __future__ import annotations
@@ -58,11 +60,22 @@ def host_kubectl(state, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(lab, lab_pki) -> tuple:
+def lab(lab_factory):  # this module's own, in place of the session lab
+    return lab_factory(3, 1, loadbalancers=1)
+
+
+@pytest.fixture(scope="module")
+def cluster(lab, tmp_path_factory) -> tuple:
+    from hardway import jumpbox
+    from hardway.state import PkiState
+
     inv = lab.inventory
-    assert inv.loadbalancers, "the session lab has its load balancer (lb-0)"
-    ETCD.apply(Context(inv, lab_pki, progress=QUIET))  # converge etcd first (a no-op after its own tests)
-    return inv, lab_pki
+    assert inv.loadbalancers, "the lab has its load balancer (lb-0)"
+    state = PkiState(tmp_path_factory.mktemp("pki") / lab.name)
+    jumpbox.generate(inv, state)
+    report = ETCD.apply(Context(inv, state, progress=QUIET))
+    assert not failures(report.results), failures(report.results)
+    return inv, state
 
 
 def test_bootstrap_from_scratch_through_the_load_balancer(cluster) -> None:

@@ -19,7 +19,6 @@ from hardway.chapters.control_plane import apply, probes
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane.files import (
     APISERVER,
-    COMPONENTS,
     CONTROLLER_MANAGER,
     ETCD_CA,
     ETCD_CLIENT_CERT,
@@ -92,10 +91,6 @@ COMMON = (
 
 def _answer(out: FactOutput) -> tuple[bool, str]:
     return out.ok, out.stdout.strip()
-
-
-def _text(out: FactOutput) -> str:
-    return out.stdout
 
 
 def etcd_client(inv: Inventory) -> Fact[tuple[bool, str]]:
@@ -298,15 +293,6 @@ def judge_readyz(where: str, seen: probes.Probe, hint: str) -> CheckResult:
     return CheckResult(CHAPTER, "readyz", where, status, f"{seen.detail}{tag}", hint)
 
 
-def server_version(out: FactOutput) -> str:
-    """serverVersion.gitVersion from `kubectl version -o json`; the error line when it failed."""
-    try:
-        return str(json.loads(out.stdout)["serverVersion"]["gitVersion"])
-    except (ValueError, KeyError, TypeError):
-        lines = out.stdout.strip().splitlines()
-        return f"error: {lines[-1] if lines else out.exit_code}"
-
-
 def judge_rbac(node: Node, version: str, objects: tuple[bool, str] | None) -> CheckResult:
     """``version``: the gitVersion controller-0's apiserver serves on /version (asked from here);
     ``objects``: what `kubectl get` on the jumpbox answered for the RBAC objects (None: not asked)."""
@@ -381,5 +367,3 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
     results.append(judge_readyz("endpoint", seen, apply.endpoint_error(ctx, seen)))
     return [*results, rbac_result.result()]
 
-
-__all__ = ["COMPONENTS", "verify"]
