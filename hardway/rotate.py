@@ -124,12 +124,9 @@ def _plan_nodes(inv: Inventory, state: PkiState, outcomes: Sequence[pki.Generate
         hashes, record, states = facts[hashes_f], facts[deploy.RECORD_FACT], facts[states_f]
         np = NodePlan(r.node)
         ours = []
-        deployed = {e.chapter for e in record.values()}
         for f in files:
             have = hashes.get(f.path)
-            # never touch what hardway did not deploy; but a chapter deployed here gets the files this
-            # version of hardway adds to it (apiserver-etcd-client, etcd-ca.crt), where nothing is in the way
-            if f.path not in record and not (have is None and f.chapter in deployed):
+            if f.path not in record:  # never touch what hardway did not deploy
                 if have is not None and have != f.sha256:
                     np.foreign.append(f.path)
                 elif have is None:
