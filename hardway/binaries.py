@@ -79,7 +79,9 @@ def fetch(source: BinarySource, cache_dir: Path, timeout: float = 60.0) -> Path:
     archive = download_path(source, cache_dir)
     if not archive.is_file():
         _download(source, archive, timeout)
-    localfs.write_atomic_stream(target, _member(archive, source), 0o755)
+    with localfs.write_stream(target, 0o755) as out:
+        for block in _member(archive, source):
+            out.write(block)
     return target
 
 
@@ -93,19 +95,14 @@ def _download(source: BinarySource, target: Path, timeout: float) -> None:
     assert source.url is not None and source.sha256 is not None
     digest = hashlib.sha256()
 
-    def chunks(resp: object) -> Iterator[bytes]:
-        while block := resp.read(CHUNK):  # type: ignore[attr-defined]
-            digest.update(block)
-            yield block
-
-    def matches() -> None:
-        if digest.hexdigest() != source.sha256:
-            raise HardwayError(f"binaries.{source.name}: {source.url} has sha256 {digest.hexdigest()}, the inventory "
-                               f"says {source.sha256}; refusing it")
-
     try:
-        with urllib.request.urlopen(source.url, timeout=timeout) as resp:
-            localfs.write_atomic_stream(target, chunks(resp), 0o755, check=matches)
+        with urllib.request.urlopen(source.url, timeout=timeout) as resp, localfs.write_stream(target, 0o755) as out:
+            while block := resp.read(CHUNK):
+                digest.update(block)
+                out.write(block)
+            if digest.hexdigest() != source.sha256:  # raised inside: the download never lands
+                raise HardwayError(f"binaries.{source.name}: {source.url} has sha256 {digest.hexdigest()}, the "
+                                   f"inventory says {source.sha256}; refusing it")
     except OSError as exc:
         raise HardwayError(f"binaries.{source.name}: cannot download {source.url}: {exc}") from None
 

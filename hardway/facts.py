@@ -67,7 +67,8 @@ class FactValues:
         return FactValues({**self._values, **other._values})
 
 
-def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None) -> FactValues:
+def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None, *, parallel: bool = False,
+           ) -> FactValues:
     """Ask ``remote`` (a hardway.remote.Remote) every fact in one round trip and parse the answers.
 
     A parser that cannot read an answer raises HardwayError naming node and fact: it means the
@@ -76,7 +77,7 @@ def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None) 
     unique = list({f.key: f for f in facts}.values())
     if not unique:
         return FactValues({})
-    raw = remote.gather(unique, timeout=timeout)
+    raw = remote.gather(unique, timeout=timeout, parallel=True) if parallel else remote.gather(unique, timeout=timeout)
     values: dict[str, Any] = {}
     for f in unique:
         out = raw.get(f.key, FactOutput("", 255))
@@ -222,11 +223,16 @@ def file_text(path: str) -> Fact[str | None]:
 
 
 def journal_since_start(unit: str, lines: int = 300) -> Fact[str]:
-    """The unit's journal since it last started (so a repaired service is judged afresh)."""
+    """The unit's journal since it last started, so a repaired service is judged afresh.
+
+    By the unit's invocation ID, not by time: ``--since`` counts whole seconds, and a line logged
+    in the second before a restart would otherwise count against the new run.
+    """
     q = shlex.quote(unit)
-    return Fact("journal", f"s=$(systemctl show --timestamp=unix -p InactiveExitTimestamp --value {q}); "
-                           f"case \"$s\" in @*) w=\"--since $s\";; *) w='-n {lines}';; esac; "
-                           f"journalctl -u {q} $w --no-pager -o cat | tail -n 2000", _parse_text, (unit,))
+    return Fact("journal", f"i=$(systemctl show -p InvocationID --value {q}); "
+                           f"if [ -n \"$i\" ]; then journalctl _SYSTEMD_INVOCATION_ID=$i + INVOCATION_ID=$i "
+                           f"--no-pager -o cat | tail -n 2000; else journalctl -u {q} -n {lines} --no-pager -o cat; fi",
+                _parse_text, (unit,))
 
 
 def unit_lint(paths: Sequence[str]) -> Fact[str]:

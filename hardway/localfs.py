@@ -4,10 +4,9 @@
   key is never readable by others, not even for a moment), fsynced, renamed over the target, and
   the directory fsynced so the rename survives a crash. On any error the target is untouched and
   the temp file removed.
-- ``write_atomic_stream``: the same for bytes that arrive in chunks (a download), with a last
-  check before the rename (a sha256 that must match): a refused stream never lands.
 - ``ensure_file``: the same, but only when the bytes differ; a matching file whose mode drifted
   is chmod-ed in place. Says what it did, so callers can report "kept" or "rewritten".
+- ``write_stream``: ``write_atomic`` for data that arrives in pieces (a snapshot from a node).
 - ``private_dir``: a directory and its missing parents, 0700 (``mkdir(parents=True)`` leaves
   parents at the umask's mode).
 """
@@ -17,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 SECRET_MODE = 0o600
 
@@ -45,36 +45,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` (mode ``mode``) atomically and durably."""
-    write_atomic_stream(path, [data], mode)
-
-
-def write_atomic_stream(path: Path, chunks: Iterable[bytes], mode: int,
-                        check: Callable[[], None] | None = None) -> None:
-    """Replace ``path`` with the concatenated ``chunks`` atomically and durably; ``check`` runs once
-    every byte is on disk, before the rename: if it raises, ``path`` is untouched."""
+@contextlib.contextmanager
+def write_stream(path: Path, mode: int) -> Iterator[BinaryIO]:
+    """``write_atomic`` for data that arrives in pieces (a snapshot): write into the yielded file; on a
+    clean exit it is fsynced and renamed over ``path``, on any error (Ctrl-C too) it is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o777)
     try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed the mode
-            for data in chunks:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if check is not None:
-            check()
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` (mode ``mode``) atomically and durably."""
+    with write_stream(path, mode) as fh:
+        fh.write(data)
 
 
 def read_or_none(path: Path) -> bytes | None:

@@ -53,13 +53,20 @@ class Remote(Protocol):
 
     def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> CommandResult: ...
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
-        """Raw output of every fact (keyed by ``Fact.key``), in one round trip."""
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
+        """Raw output of every fact (keyed by ``Fact.key``), in one round trip; ``parallel``: the facts'
+        commands run at the same time on the node (for client calls that each wait on the network)."""
         ...
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
         """Run ``command`` with ``write``'s bytes as its stdin (a stream: nothing is held in memory);
         raises RemoteError when it fails. How pushes travel: one exec per node carries every file."""
+        ...
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        """Run ``command`` and hand its stdout, as bytes, to ``sink`` piece by piece (a snapshot can be
+        large: nothing is held in memory); raises RemoteError when it fails."""
         ...
 
     def close(self) -> None: ...
@@ -103,6 +110,18 @@ def sections_script(sections: dict[str, str]) -> str:
     """
     return "; ".join(f"echo '{_MARK} {key}'; ( {cmd.rstrip('; ')}\n) 2>&1; printf '\\n{_MARK} rc %d\\n' $?"
                      for key, cmd in sections.items())
+
+
+def parallel_sections_script(sections: dict[str, str]) -> str:
+    """``sections_script``, but every section runs at once, each into its own file in a private temp
+    dir; the outputs are then printed in order with the same markers (so one parser reads both).
+    For commands that mostly wait (etcdctl: a process start and a TLS handshake each), never for
+    measurements that other work would disturb (the fsync probe)."""
+    run = [f"{{ ( {cmd.rstrip('; ')}\n) >\"$d/{i}\" 2>&1; echo $? >\"$d/{i}.rc\"; }} &"
+           for i, cmd in enumerate(sections.values())]
+    show = [f"echo '{_MARK} {key}'; cat \"$d/{i}\"; printf '\\n{_MARK} rc %d\\n' \"$(cat \"$d/{i}.rc\")\""
+            for i, key in enumerate(sections)]
+    return "\n".join(["d=$(mktemp -d)", "trap 'rm -rf \"$d\"' EXIT", *run, "wait", *show])
 
 
 def parse_sections(out: str, keys: Sequence[str]) -> dict[str, FactOutput]:
@@ -173,15 +192,39 @@ class SSHRemote:
             )
         return result
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
         # Every exec is a round trip and a session on the node: facts travel together.
         sections = {f.key: f.shell for f in facts}
-        out = self.run(sections_script(sections), check=False, timeout=timeout).stdout
+        script = parallel_sections_script(sections) if parallel else sections_script(sections)
+        out = self.run(script, check=False, timeout=timeout).stdout
         return parse_sections(out, list(sections))
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
         # A raw exec channel, not SFTP: SFTP acknowledges every 32 KiB request, which measured here
         # at half the throughput of a plain stream (bench/bootstrap_etcd.py prints the rate).
+        def talk(channel: paramiko.Channel) -> str:
+            try:
+                # tarfile writes 10 KiB at a time; a sendall per MiB instead keeps the stream fast
+                with io.BufferedWriter(_ChannelWriter(channel), buffer_size=1 << 20) as stdin:
+                    write(stdin)  # type: ignore[arg-type]
+                channel.shutdown_write()
+            except OSError:
+                pass  # the command ended early (it failed): its exit status and stderr say why
+            return channel.makefile("rb").read().decode(errors="replace")
+
+        return self._stream(command, timeout, talk)
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        def talk(channel: paramiko.Channel) -> str:
+            while chunk := channel.recv(1 << 20):
+                sink(chunk)
+            return ""
+
+        return self._stream(command, timeout, talk)
+
+    def _stream(self, command: str, timeout: int | None, talk: Callable[[paramiko.Channel], str]) -> CommandResult:
+        """Run ``command`` on a channel of its own; ``talk`` moves the data and returns stdout."""
         wrapped = f"sudo -n sh -c {shlex.quote(command)}" if self._sudo else command
         limit = timeout or self.inv.ssh.command_timeout
         transport = self.conn.client.get_transport()
@@ -192,14 +235,7 @@ class SSHRemote:
             channel = transport.open_session(timeout=limit)
             channel.settimeout(limit)
             channel.exec_command(wrapped)
-            try:
-                # tarfile writes 10 KiB at a time; a sendall per MiB instead keeps the stream fast
-                with io.BufferedWriter(_ChannelWriter(channel), buffer_size=1 << 20) as stdin:
-                    write(stdin)  # type: ignore[arg-type]
-                channel.shutdown_write()
-            except OSError:
-                pass  # the command ended early (it failed): its exit status and stderr say why
-            stdout = channel.makefile("rb").read().decode(errors="replace")
+            stdout = talk(channel)
             stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
             code = channel.recv_exit_status()
         except TimeoutError:
@@ -253,11 +289,15 @@ class _Borrowed:
     def run(self, command: str, *, check: bool = True, timeout: int | None = None) -> CommandResult:
         return self._inner.run(command, check=check, timeout=timeout)
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
-        return self._inner.gather(facts, timeout=timeout)
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
+        return self._inner.gather(facts, timeout=timeout, parallel=parallel)
 
     def feed(self, command: str, write: Callable[[BinaryIO], None], *, timeout: int | None = None) -> CommandResult:
         return self._inner.feed(command, write, timeout=timeout)
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        return self._inner.fetch(command, sink, timeout=timeout)
 
     def close(self) -> None:
         pass

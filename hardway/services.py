@@ -59,19 +59,23 @@ class StartPlan:
     enable: tuple[str, ...]  # not enabled yet
     start: tuple[str, ...]  # not running: start
     restart: tuple[str, ...]  # running but their files changed (now or in an interrupted run)
+    hold: tuple[str, ...] = ()  # not running, and left for the chapter to start its own way (etcd: a join)
 
 
 def plan_start(units: Sequence[str], written: Collection[str], files: Sequence[File],
-               stats: dict[str, FileStat | None], states: dict[str, UnitState]) -> StartPlan:
-    """Pure: from what was just written and the units' states before it, in ``units`` order."""
+               stats: dict[str, FileStat | None], states: dict[str, UnitState],
+               hold: Collection[str] = ()) -> StartPlan:
+    """Pure: from what was just written and the units' states before it, in ``units`` order.
+    ``hold``: units to leave stopped (the caller starts them)."""
     changed = {s for f in files if f.path in written for s in f.services}
     stale = stale_units(files, stats, states)
     running = {u for u, st in states.items() if st.active == "active"}
     return StartPlan(
         reload=any(p.startswith(f"{UNIT_DIR}/") for p in written),
         enable=tuple(u for u in units if states.get(u, UnitState("unknown", None, "")).enabled != "enabled"),
-        start=tuple(u for u in units if u not in running),
+        start=tuple(u for u in units if u not in running and u not in hold),
         restart=tuple(u for u in units if u in running and (u in changed or u in stale)),
+        hold=tuple(u for u in units if u not in running and u in hold),
     )
 
 

@@ -205,3 +205,21 @@ def build(inv, state, tmp_path_factory: pytest.TempPathFactory):  # -> tuple[Pat
 
     out = tmp_path_factory.mktemp("build") / inv.cluster_name
     return out, write_build(inv, state, out)
+
+
+@pytest.fixture(scope="session")
+def lab_like(tmp_path_factory: pytest.TempPathFactory):  # -> tuple[Inventory, PkiState]
+    """The sample inventory with Debian's etcd binaries (preflight asks them for their flags), and its
+    PKI: for the etcd chapter's and day 2's tests over the fake."""
+    from pathlib import Path
+
+    from hardway import inventory, jumpbox
+    from hardway.state import PkiState
+
+    text = (Path(__file__).resolve().parent.parent / "inventory" / "sample.yaml").read_text()
+    text = text.replace("etcd: {path: ./bin/etcd}", "etcd: {path: /usr/bin/etcd}")
+    text = text.replace("etcdctl: {path: ./bin/etcdctl}", "etcdctl: {path: /usr/bin/etcdctl}")
+    inv = inventory.parse(text, "sample.yaml")
+    state = PkiState(tmp_path_factory.mktemp("pki") / "hardway")
+    jumpbox.generate(inv, state)
+    return inv, state

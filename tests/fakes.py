@@ -51,6 +51,7 @@ class FakeService:
 @dataclass
 class FakeNode:
     files: dict[str, FakeFile] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # big files (snapshots) that ``fetch`` streams
     dirs: set[str] = field(default_factory=set)
     commands: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
@@ -147,7 +148,8 @@ class FakeRemote:
             raise RemoteError(f"{self.node.name}: `{command}` exited {result.exit_code}: {result.stderr.strip()}")
         return result
 
-    def gather(self, facts: Sequence[Fact], timeout: int | None = None) -> dict[str, FactOutput]:
+    def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+               ) -> dict[str, FactOutput]:
         for f in facts:
             self.state.event(f"gather {f.name}")
         return {f.key: self.state.answer(f) for f in facts}
@@ -162,6 +164,19 @@ class FakeRemote:
         finally:
             for cleanup in self._traps:
                 self._builtin(cleanup)
+
+    def fetch(self, command: str, sink: Callable[[bytes], None], *, timeout: int | None = None) -> CommandResult:
+        """``cat PATH`` streams the node's blob at PATH (``FakeNode.blobs``); other commands their stdout."""
+        self.state.commands.append(command)
+        words = shlex.split(command)
+        if words[0] == "cat" and words[-1] in self.state.blobs:
+            sink(self.state.blobs[words[-1]])
+            return CommandResult(command, 0, "", "")
+        result = self._dispatch(command)
+        if not result.ok:
+            raise RemoteError(f"{self.node.name}: `{command}` exited {result.exit_code}: {result.stderr.strip()}")
+        sink(result.stdout.encode())
+        return result
 
     def close(self) -> None:
         pass
@@ -220,7 +235,7 @@ class FakeRemote:
             src = fs[words[2]]
             fs[words[3]] = FakeFile(src.data, src.mode, src.owner, src.group, src.mtime, node.tick())
             return ""
-        if words[:2] == ["rm", "-rf"]:
+        if words[:2] in (["rm", "-rf"], ["rm", "-f"]):
             for target in (w for w in words[2:] if w != "--"):
                 for p in [p for p in fs if p == target or p.startswith(target + "/")]:
                     del fs[p]
@@ -245,7 +260,7 @@ class FakeRemote:
 
     def _systemctl(self, words: list[str]) -> str:
         verb = words[1]
-        units = [w for w in words[2:] if not w.startswith("-")]
+        units = [w.removesuffix(".service") for w in words[2:] if not w.startswith("-") and not w.startswith("2>")]
         services, node = self.state.services, self.state
         if verb in ("start", "restart"):
             for unit in units:
@@ -253,9 +268,19 @@ class FakeRemote:
                 (node.starts if verb == "start" else node.restarts).append(unit)
                 node.event(f"{verb} {unit}")
             return ""
+        if verb == "disable":
+            for unit in units:
+                svc = services.setdefault(unit, FakeService(active=False))
+                svc.enabled = False
+                if "--now" in words:
+                    svc.active = False
+            return ""
         if verb == "enable":
             for unit in units:
-                services.setdefault(unit, FakeService(active=False)).enabled = True
+                svc = services.setdefault(unit, FakeService(active=False))
+                svc.enabled = True
+                if "--now" in words and not svc.active:
+                    services[unit] = FakeService(True, node.tick(), True)
             return ""
         if verb == "stop":
             for unit in units:

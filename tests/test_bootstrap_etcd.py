@@ -122,7 +122,7 @@ def test_stopped_member_is_named_and_the_other_two_serve(cluster) -> None:
     try:
         results = verify(inv, state)
         active = next(r for r in results if r.check == "unit-active" and r.node == down.name)
-        assert active.status == FAIL and active.detail == "etcd is inactive"
+        assert active.status == FAIL and active.detail == "etcd is inactive (stopped)"
         assert [r.status for r in results if r.check == "unit-active" and r.node != down.name] == [OK, OK]
         assert host_etcdctl(inv, state, up[:1], "put", "/hardway/degraded", "still-here").returncode == 0
         got = host_etcdctl(inv, state, up[1:], "get", "/hardway/degraded", "--print-value-only")
@@ -146,9 +146,9 @@ def test_stale_data_dir_is_refused_naming_node_path_and_fix(cluster) -> None:
         with pytest.raises(HardwayError) as err:
             bootstrap(inv, state)
         message = str(err.value)
-        assert message.startswith("preflight failed, nothing was changed: controller-0: /var/lib/etcd/member "
-                                  "belongs to member d622127685879b3c of cluster 6656feb867e68582")
-        assert "mv /var/lib/etcd/member /var/lib/etcd/member.stale-" in message
+        assert message.startswith("preflight failed, nothing was changed: controller-0: /var/lib/etcd holds member "
+                                  "d622127685879b3c of cluster 6656feb867e68582, not of this cluster")
+        assert message.endswith("fix: `invoke etcd.replace controller-0` (moves it aside and re-adds the member)")
         assert r.run(f"ls {inv.etcd.data_dir}/member/wal").stdout.split() == [
             "0000000000000000-0000000000000000.wal"], "hardway must not touch the data"
         assert r.run("systemctl is-active etcd", check=False).stdout.strip() == "inactive", \

@@ -6,69 +6,28 @@ for one on purpose. The same paths run against real etcd in tests/test_bootstrap
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from hardway import inventory, jumpbox, services
+from hardway import inventory, services
 from hardway.chapters import Context
 from hardway.chapters.etcd import CHAPTER as ETCD
-from hardway.chapters.etcd import ids
 from hardway.chapters.etcd.files import CERT, UNIT_PATH
 from hardway.errors import HardwayError
-from hardway.facts import FactOutput
 from hardway.remote import QUIET
-from hardway.state import PkiState
-from tests.fakes import FakeCluster, FakeFile, FakeNode
+from tests.etcd_fakes import FakeEtcd, stale
+from tests.fakes import FakeCluster, FakeFile
 
 ROOT = Path(__file__).resolve().parent.parent
 WAL_HEAD = (Path(__file__).parent / "data" / "etcd-3.4-wal-head.bin").read_bytes()  # another cluster's
 
 
-@pytest.fixture(scope="module")
-def lab_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[inventory.Inventory, PkiState]:
-    """The sample inventory with Debian's etcd binaries (preflight asks them for their flags)."""
-    text = (ROOT / "inventory" / "sample.yaml").read_text()
-    text = text.replace("etcd: {path: ./bin/etcd}", "etcd: {path: /usr/bin/etcd}")
-    text = text.replace("etcdctl: {path: ./bin/etcdctl}", "etcdctl: {path: /usr/bin/etcdctl}")
-    inv = inventory.parse(text, "sample.yaml")
-    state = PkiState(tmp_path_factory.mktemp("pki") / "hardway")
-    jumpbox.generate(inv, state)
-    return inv, state
-
-
-def etcd_node(node: FakeNode, inv: inventory.Inventory, unhealthy_polls: int = 0) -> None:
-    """Answers like a real member: healthy once its service has run for ``unhealthy_polls`` polls."""
-    polls = {"n": 0}
-
-    def health(fact, n: FakeNode) -> FactOutput:
-        svc = n.services.get("etcd")
-        if svc is None or not svc.active:
-            return FactOutput("context deadline exceeded", 1)
-        n.dirs.add(inv.etcd.data_dir)  # a running member has made its data dir
-        polls["n"] += 1
-        return FactOutput("is healthy", 0) if polls["n"] > unhealthy_polls else FactOutput("unhealthy", 1)
-
-    leader = ids.expected_member_id(inv, inv.controllers[0])
-    members = {"members": [{"ID": ids.expected_member_id(inv, c), "name": c.name,
-                            "peerURLs": [inv.etcd_peer_url(c)]} for c in inv.controllers]}
-    node.facts.update({
-        "data_dir_entries": lambda f, n: "member\n" if any(p.startswith("/var/lib/etcd/member") for p in n.files)
-        else "",
-        "wal_head": "", "fsync_p99": "1.250",
-        "etcd_health": health,
-        "etcd_status": json.dumps([{"Status": {"leader": leader}}]),
-        "etcd_members": json.dumps(members),
-        "unit_text": lambda f, n: n.files[UNIT_PATH].data.decode() if UNIT_PATH in n.files else "",
-        "unit_lint": "", "journal": "",
-    })
-
-
 def cluster_for(inv: inventory.Inventory, unhealthy_polls: int = 0) -> FakeCluster:
+    """Controllers answering like real members (tests/etcd_fakes.py): healthy once started and polled
+    ``unhealthy_polls`` times."""
     cluster = FakeCluster()
-    for c in inv.controllers:
-        etcd_node(cluster[c.name], inv, unhealthy_polls)
+    cluster.etcd = FakeEtcd(inv, cluster, unhealthy_polls=unhealthy_polls)  # type: ignore[attr-defined]
     return cluster
 
 
@@ -110,11 +69,11 @@ def test_fresh_cluster_starts_every_member_in_the_push_and_then_waits(lab_like) 
         # Type=notify: started without blocking, in the same exec that installed the files
         assert push.endswith("systemctl start --no-block etcd"), push
         assert "systemctl daemon-reload" in push and "systemctl enable --quiet --no-reload etcd" in push
-        assert node.events.index("start etcd") < node.events.index("gather etcd_health")
+        assert "gather etcd_health" in node.events[node.events.index("start etcd"):]
         assert node.asked.count("etcd_health") >= 3, "polled until healthy"
     # every member was started before any member was waited for: none blocks the others
     starts = [i for i, e in enumerate(cluster.log) if e.endswith(": start etcd")]
-    first_wait = min(i for i, e in enumerate(cluster.log) if e.endswith(": gather etcd_health"))
+    first_wait = min(i for i, e in enumerate(cluster.log) if e.endswith(": gather etcd_health") and i > starts[0])
     assert len(starts) == 3 and max(starts) < first_wait
 
 
@@ -136,8 +95,8 @@ def test_the_rerun_test_catches_a_chapter_that_restarts_every_member(lab_like, m
         node.commands.clear(), node.uploads.clear(), node.starts.clear(), node.restarts.clear()
     real = services.plan_start
 
-    def restart_everything(units, written, files, stats, states):
-        plan = real(units, written, files, stats, states)
+    def restart_everything(units, written, files, stats, states, **kw):
+        plan = real(units, written, files, stats, states, **kw)
         running = tuple(u for u in units if states[u].active == "active")
         return services.StartPlan(plan.reload, plan.enable, plan.start, running)
 
@@ -196,13 +155,9 @@ def test_an_interrupted_run_converges_by_restarting_the_member_that_missed_its_f
 def test_a_stale_data_dir_stops_preflight_before_anything_is_pushed(lab_like) -> None:
     inv, state = lab_like
     cluster = cluster_for(inv)
-    node = cluster["controller-0"]
-    node.files["/var/lib/etcd/member/wal/0.wal"] = FakeFile(WAL_HEAD)
-    import base64
-
-    node.facts["wal_head"] = base64.b64encode(WAL_HEAD).decode()
-    with pytest.raises(HardwayError, match=r"^preflight failed, nothing was changed: controller-0: /var/lib/etcd/"
-                                           r"member belongs to member d622127685879b3c"):
+    stale(cluster.etcd, "controller-0")  # type: ignore[attr-defined]
+    with pytest.raises(HardwayError, match=r"^preflight failed, nothing was changed: controller-0: /var/lib/etcd "
+                                           r"holds member d622127685879b3c of cluster 6656feb867e68582"):
         apply(inv, state, cluster)
     for c in inv.controllers:
         assert cluster[c.name].commands == [] and cluster[c.name].uploads == [], c.name

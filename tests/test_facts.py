@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hardway import deploy, facts, inventory, services
-from hardway.chapters.etcd import ids, preflight
-from hardway.chapters.etcd import verify as etcd_verify
+from hardway.chapters.etcd import cluster as etcd_cluster
+from hardway.chapters.etcd import datadir, ids, preflight
 from hardway.errors import HardwayError
 from hardway.facts import FactOutput, FileStat, UnitState
 from hardway.files import File
@@ -69,16 +69,24 @@ def test_etcd_answers() -> None:
     assert status[0]["Status"]["leader"] > 0
     members = json.loads(recorded("etcd_members", "three-members.json").stdout)["members"]
     assert len(members) == 3 and all(m["peerURLs"] for m in members)
-    health = etcd_verify.health(INV, INV.controllers[0])
+    health = etcd_cluster.health(INV, INV.controllers[0])
     assert health.parse(recorded("etcd_health", "healthy.txt"))[0] is True
     ok, text = health.parse(recorded("etcd_health", "stopped.txt"))
     assert not ok and text.endswith("Error: unhealthy cluster")
+    # JSON member IDs are decimal; etcdctl takes hex
+    parsed = etcd_cluster.parse_members(etcd_cluster.members(INV, INV.controllers[0]).parse(
+        recorded("etcd_members", "three-members.json")))
+    assert parsed is not None and [m.hex for m in parsed] == [f"{m['ID']:x}" for m in members]
+    # where the unit is not active, etcdctl is not asked at all (exit 3, at once)
+    ok, text = health.parse(FactOutput("not asked: etcd is inactive", etcd_cluster.NOT_ASKED))
+    assert not ok and text == "not asked: etcd is inactive"
+    assert "systemctl is-active etcd" in health.shell and "--dial-timeout=1s" in health.shell
 
 
 def test_preflight_facts_of_a_running_member() -> None:
     d = "/var/lib/etcd"
-    assert preflight.data_dir_entries(d).parse(recorded("data_dir_entries", "member.txt")) == ["member"]
-    head = preflight.wal_head(d).parse(recorded("wal_head", "this-cluster.b64"))
+    assert datadir.entries_fact(d).parse(recorded("data_dir_entries", "member.txt")) == ["member"]
+    head = datadir.wal_head_fact(d).parse(recorded("wal_head", "this-cluster.b64"))
     assert head is not None and ids.wal_metadata(head) is not None
     p99 = preflight.fsync_p99(d).parse(recorded("fsync_p99", "lab-overlay.txt"))
     assert p99 is not None and p99 > 0

@@ -61,6 +61,21 @@ BAD_FLAGS = {
     "rotate-certs --dry-run --expiring-within -1d": "error: --expiring-within: '-1d' is not a number of days",
     "rotate-certs --dry-run --expiring-within 99999999999d": "error: --expiring-within: '99999999999d' is not a "
                                                              "number of days such as 30d (at most 36500)",
+    # day 2: every refusal below comes before any node is dialed (the sample's nodes are not the lab's)
+    "etcd.replace controller-0 --timeout x": "error: --timeout: 'x' is not a positive number of seconds",
+    "etcd.replace nobody": f"error: {ROOT}/inventory/sample.yaml: no node named 'nobody' (known: controller-0,",
+    "etcd.replace worker-0": "error: worker-0 is not an etcd member: members run on the controllers (controller-0, "
+                             "controller-1, controller-2)",
+    "etcd.restore DIR/none.db": "error: DIR/none.db: no such snapshot",
+    "etcd.restore FILE": "error: FILE: no file.sha256 beside it, so it cannot be checked",
+    "etcd.restore FILE --timeout 0": "error: --timeout: '0' is not a positive number of seconds",
+    "etcd.snapshot --schedule every-full-moon": "error: --schedule: 'every-full-moon': ",
+    "reset controller-0": "error: reset removes everything hardway deployed on controller-0 (its data dirs are "
+                          "moved aside); re-run with --yes",
+    "reset nobody --yes": f"error: {ROOT}/inventory/sample.yaml: no node named 'nobody'",
+    "reset controller-0,controller-1,controller-2 --yes": "error: controller-0, controller-1, controller-2 are "
+                                                          "every controller",
+    "diagnose --lines x": "error: --lines: 'x' is not a whole number",
     # lab.up / lab.down / lab.status
     f"lab.up --nodes two {LAB}": "error: --nodes: 'two' is not a whole number",
     f"lab.up --nodes ² {LAB}": "error: --nodes: '²' is not a whole number",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hardway import deploy, remote, services
-from hardway.checks import FAIL, OK, Check, CheckResult, run_checks
+from hardway.checks import FAIL, Check, CheckResult, run_checks
 from hardway.deploy import PushPlan, PushReport
 from hardway.errors import HardwayError
 from hardway.facts import Fact, FactValues, FileStat, UnitState, concurrently, gather, unit_states
@@ -34,6 +34,7 @@ from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.planner import Planner, files_for
 from hardway.remote import Connector, Progress, Remote
+from hardway.signatures import Signature
 from hardway.state import PkiState
 
 
@@ -92,6 +93,7 @@ class Survey:
     sweep: list[str] = field(default_factory=list)  # staging dirs of killed runs
     stats: dict[str, FileStat | None] = field(default_factory=dict)
     states: dict[str, UnitState] = field(default_factory=dict)  # the chapter's units, before
+    hold: tuple[str, ...] = ()  # units the push installs but leaves for the chapter's settle to start
 
 
 @dataclass
@@ -154,6 +156,7 @@ class Chapter:
     binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
     no_block_start: bool = False  # Type=notify units that only come up together (etcd)
     survey_at_once: bool = False  # run the survey's facts at the same time on a node (none measures latency)
+    signatures: tuple[Signature, ...] = ()  # journal lines of its services that name a cause (verify, diagnose)
     fixable: bool = False  # its task takes --fix: preflight's fixable findings are repaired (Context.fix)
 
     def __repr__(self) -> str:
@@ -185,6 +188,10 @@ class Chapter:
         return []
 
     def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
+        return []
+
+    def judge_together(self, ctx: Context, surveys: Sequence[Survey]) -> list[Finding]:
+        """Judgments only the nodes together allow (whose data is current); may set ``Survey.hold``."""
         return []
 
     # --- apply --------------------------------------------------------------------------------
@@ -231,7 +238,8 @@ class Chapter:
 
     def follow_up(self, ctx: Context, survey: Survey, written: Sequence[str]) -> services.StartPlan:
         """What the node's units need once the push is in place (run in the push's own exec)."""
-        return services.plan_start(self.node_units(survey.node), written, survey.files, survey.stats, survey.states)
+        return services.plan_start(self.node_units(survey.node), written, survey.files, survey.stats, survey.states,
+                                   hold=survey.hold)
 
     def apply(self, ctx: Context) -> ApplyReport:
         t0 = time.monotonic()
@@ -251,9 +259,10 @@ class Chapter:
         surveys = self.survey(ctx, nodes)
         lap("survey")
         findings += [f for s in surveys for f in s.findings]
+        if not first_failure(findings):  # judged together only once each node could be asked
+            findings += self.judge_together(ctx, surveys)
         for f in findings:
-            if f.status != OK:
-                ctx.progress(f.node, f"{f.status}: {f.message}")
+            ctx.progress(f.node, f"{f.status}: {f.message}")
         if (err := first_failure(findings)) is not None:
             raise err
         by_name = {s.node.name: s for s in surveys}
@@ -286,7 +295,7 @@ class Chapter:
                              if o.ok and o.value) or "none"
             raise HardwayError(f"push failed on {error}; pushed to: {done}; fix and re-run `invoke {self.task}` "
                                "(it converges)")
-        started = {n: list(p.start) for n, p in start_plans.items() if p.start}
+        started = {n: [*p.start, *p.hold] for n, p in start_plans.items() if p.start or p.hold}  # held: settle starts
         restarted = self.settle(ctx, nodes, start_plans)
         lap("settle")
         notes = self.finish(ctx)
@@ -335,6 +344,16 @@ class Chapter:
         finally:
             r.close()
         self.wait_healthy(ctx, [node], {node.name: [unit]})
+
+    # --- reset (day 2) ---------------------------------------------------------------------------
+
+    def data_dirs(self, inv: Inventory) -> tuple[str, ...]:
+        """Where its services keep state on their nodes: `invoke reset` moves these aside, never deletes."""
+        return ()
+
+    def reset_commands(self, ctx: Context, node: Node) -> list[str]:
+        """What undoes this chapter on ``node`` besides its files and units (pod routes: `ip route del ...`)."""
+        return []
 
     # --- verify -------------------------------------------------------------------------------
 

@@ -218,6 +218,9 @@ class PodRoutesChapter(Chapter):
         enabled = survey.facts[unit_states((UNIT,))][UNIT].enabled == "enabled"
         return steps(plan_routes(wanted(ctx.inv, survey.node), survey.facts[ROUTES]), enabled)
 
+    def reset_commands(self, ctx: Context, node: Node) -> list[str]:
+        return clear_commands()
+
     def checks(self, ctx: Context) -> list[Check]:
         return [Check(NAME, "routes", "every node routes each other worker's pod subnet, and it survives a reboot",
                       lambda: route_results(ctx, self)),

@@ -47,6 +47,7 @@ class ControlPlaneChapter(Chapter):
     units = (*COMPONENTS, lb.UNIT)
     binaries = (*COMPONENTS, files.KUBECTL)  # HAProxy is the load balancer's Debian package, not distributed
     survey_at_once = True  # hashing kubectl, asking etcd, listing ports: independent, and none times anything
+    signatures = verify.as_signatures()  # what `invoke diagnose` matches in these units' journals
 
     def targets(self, inv: Inventory) -> tuple[Node, ...]:
         return (*inv.controllers, *inv.loadbalancers)

@@ -44,6 +44,7 @@ from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.paths import APISERVER_PORT, unit_file
 from hardway.remote import Remote
+from hardway.signatures import Signature
 from hardway.standins import is_standin as says_standin
 
 CHAPTER = "control-plane"
@@ -87,6 +88,15 @@ COMMON = (
     (r"status=203/EXEC", "systemd could not execute the binary: missing, not executable or another architecture",
      f"{FIX}: preflight checks the binary's architecture and pushes it"),
 )
+
+
+def as_signatures() -> tuple[Signature, ...]:
+    """The same signatures for `invoke diagnose` (Chapter.signatures), named after their unit."""
+    out = []
+    for unit, rows in (*SIGNATURES.items(), ("any", COMMON)):
+        for i, (pattern, cause, fix) in enumerate(rows):
+            out.append(Signature(f"{unit}-{i}", pattern, cause, fix.replace("{", "{{").replace("}", "}}")))
+    return tuple(out)
 
 
 def _answer(out: FactOutput) -> tuple[bool, str]:

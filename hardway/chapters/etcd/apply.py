@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from hardway import remote
 from hardway.chapters.base import Context
+from hardway.chapters.etcd.cluster import health, status
 from hardway.chapters.etcd.files import UNIT
-from hardway.chapters.etcd.verify import health, status
 from hardway.errors import HardwayError
 from hardway.facts import gather, unit_states
 from hardway.inventory import Node

@@ -50,6 +50,7 @@ def plan_files(p: Planner) -> None:
     svc = (UNIT,)
     for name in BINARIES:
         p.binary(BIN, name, svc)
+    p.binary(BIN, "etcdutl", ())  # only if the inventory has it: etcd 3.5+ restores snapshots with it
     member = etcd_cert_name(p.node)
     p.pki(CA, p.state.cert(ETCD_CA_NAME), svc)  # etcd's own CA: it trusts nothing the cluster CA signed
     p.pki(CERT, p.state.cert(member), svc)
@@ -57,8 +58,9 @@ def plan_files(p: Planner) -> None:
     p.unit(UNIT, etcd_argv(p.inv, p.node))
 
 
-def ctl(inv: Inventory, node: Node, args: str, endpoints: str | None = None) -> str:
+def ctl(inv: Inventory, node: Node, args: str, endpoints: str | None = None, *, timeout: str = "5s",
+        dial: str = "3s") -> str:
     """An etcdctl command line run ON a controller with that member's own client certificate."""
     eps = endpoints or inv.etcd_client_url(node)
     return (f"ETCDCTL_API=3 {ETCDCTL} --endpoints={shlex.quote(eps)} --cacert={CA} --cert={CERT} "
-            f"--key={KEY} --command-timeout=5s --dial-timeout=3s {args}")
+            f"--key={KEY} --command-timeout={timeout} --dial-timeout={dial} {args}")

@@ -6,7 +6,6 @@ data dir belongs to another cluster; measures the disk where the data will live.
 
 from __future__ import annotations
 
-import base64
 import platform
 import re
 import shlex
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hardway.chapters.base import Finding
-from hardway.chapters.etcd import ids
+from hardway.chapters.etcd import cluster, datadir
 from hardway.chapters.etcd.files import BINARIES, UNIT, UNIT_PATH
 from hardway.checks import FAIL, OK, WARN
 from hardway.errors import HardwayError
@@ -109,26 +108,6 @@ print("%.3f" % (lat[int(len(lat) * 0.99) - 1] * 1000))
 """
 
 
-def _entries(out: FactOutput) -> list[str]:
-    return out.stdout.split()
-
-
-def data_dir_entries(data_dir: str) -> Fact[list[str]]:
-    return Fact("data_dir_entries", f"ls -A {shlex.quote(data_dir)} 2>/dev/null || true", _entries, (data_dir,))
-
-
-def _wal(out: FactOutput) -> bytes | None:
-    text = out.stdout.strip()
-    return base64.b64decode(text) if text else None
-
-
-def wal_head(data_dir: str) -> Fact[bytes | None]:
-    """The first 4 KiB of the member's first WAL segment: its metadata names member and cluster."""
-    q = shlex.quote(data_dir)
-    return Fact("wal_head", f"f=$(ls {q}/member/wal/*.wal 2>/dev/null | head -n 1); "
-                            "if [ -n \"$f\" ]; then head -c 4096 \"$f\" | base64 -w0; fi", _wal, (data_dir,))
-
-
 def _p99(out: FactOutput) -> float | None:
     if not out.ok:
         return None  # no python3 on the node (exit 99)
@@ -144,9 +123,8 @@ def fsync_p99(data_dir: str, samples: int = 300) -> Fact[float | None]:
                 _p99, (data_dir, samples))
 
 
-def node_facts(inv: Inventory) -> list[Fact]:
-    d = inv.etcd.data_dir
-    return [ARCH, LISTENERS, data_dir_entries(d), wal_head(d), fsync_p99(d)]
+def node_facts(inv: Inventory, node: Node) -> list[Fact]:
+    return [ARCH, LISTENERS, fsync_p99(inv.etcd.data_dir), *cluster.facts(inv, node)]
 
 
 # --- judging ---------------------------------------------------------------------------------
@@ -154,31 +132,39 @@ def node_facts(inv: Inventory) -> list[Fact]:
 
 @dataclass
 class NodeFacts:
-    """What preflight learns about one controller."""
+    """What preflight learns about one controller on its own."""
 
     arch: str = ""
     listeners: dict[int, str] = field(default_factory=dict)  # port -> "pid/command" holding it
     etcd_main_pid: str = "0"
-    data_dir_entries: list[str] = field(default_factory=list)
-    wal_head: bytes | None = None
+    data: datadir.DataDir = field(default_factory=datadir.DataDir)
     fsync_p99_ms: float | None = None
 
 
-def node_facts_from(inv: Inventory, values: FactValues) -> NodeFacts:
-    d = inv.etcd.data_dir
+def node_facts_from(inv: Inventory, node: Node, values: FactValues) -> NodeFacts:
     held = values[LISTENERS]
     return NodeFacts(
         arch=values[ARCH],
         listeners={p: f"{pid}/{cmd}" for p, (pid, cmd) in held.items() if p in PORTS},
         etcd_main_pid=str(values[unit_states((UNIT,))][UNIT].main_pid),
-        data_dir_entries=values[data_dir_entries(d)],
-        wal_head=values[wal_head(d)],
-        fsync_p99_ms=values[fsync_p99(d)],
+        data=datadir.read(values, inv),
+        fsync_p99_ms=values[fsync_p99(inv.etcd.data_dir)],
     )
 
 
+def fsync_finding(inv: Inventory, node: str, p99: float | None) -> Finding:
+    """The disk figure, printed for every node with etcd's criterion."""
+    where = inv.etcd.data_dir
+    if p99 is None:
+        return Finding(node, WARN, "no python3 on the node: disk fdatasync latency not measured")
+    if p99 >= FSYNC_P99_LIMIT_MS:
+        return Finding(node, WARN, f"fdatasync p99 {p99:.2f} ms in {where} (etcd wants < {FSYNC_P99_LIMIT_MS:.0f} "
+                                   "ms): expect slow commits and lost leaders; put it on an SSD")
+    return Finding(node, OK, f"fdatasync p99 {p99:.2f} ms in {where} (etcd wants < {FSYNC_P99_LIMIT_MS:.0f} ms)")
+
+
 def judge_preflight(inv: Inventory, node: Node, facts: NodeFacts, binary_arch: str | None) -> list[Finding]:
-    """Pure: turn one node's facts into findings (tested without machines)."""
+    """Pure: one node's own facts -> findings (whose data is current is judged across nodes, below)."""
     out: list[Finding] = []
     name = node.name
     if binary_arch and facts.arch and binary_arch != facts.arch:
@@ -189,37 +175,55 @@ def judge_preflight(inv: Inventory, node: Node, facts: NodeFacts, binary_arch: s
         if pid != facts.etcd_main_pid:
             out.append(Finding(name, FAIL, f"port {port} is held by {holder}, not by our etcd unit; stop it "
                                            "or free the port"))
-    data_dir = inv.etcd.data_dir
-    if "member" in facts.data_dir_entries:
-        meta = ids.wal_metadata(facts.wal_head or b"")
-        want_member = ids.expected_member_id(inv, node)
-        want_cluster = ids.expected_cluster_id(inv)
-        aside = f"mv {data_dir}/member {data_dir}/member.stale-$(date +%Y%m%d%H%M%S)"
-        fix = (f"fix: on {name}, `systemctl stop etcd; {aside}`; if the other members are serving, "
-               f"re-add it (`etcdctl member remove <old id>`, `etcdctl member add {name} "
-               f"--peer-urls={inv.etcd_peer_url(node)}`) and start it with --initial-cluster-state "
-               "existing; otherwise re-run bootstrap-etcd. hardway never deletes data itself")
-        if meta is None:
-            out.append(Finding(name, FAIL, f"{data_dir}/member has no readable WAL, so it cannot be shown to "
-                                           f"belong to this cluster; {fix}"))
-        elif meta != (want_member, want_cluster):
-            out.append(Finding(name, FAIL, f"{data_dir}/member belongs to member {meta[0]:x} of cluster "
-                                           f"{meta[1]:x}, not to {want_member:x} of this cluster "
-                                           f"({want_cluster:x}): a stale or foreign member; {fix}"))
-        else:
-            out.append(Finding(name, OK, f"{data_dir} holds this cluster's member {want_member:x}: kept"))
-    elif facts.data_dir_entries:
-        out.append(Finding(name, FAIL, f"{data_dir} is not empty and holds no etcd member "
-                                       f"({', '.join(facts.data_dir_entries[:5])}); move it aside or set "
-                                       "etcd.data_dir in the inventory"))
-    if facts.fsync_p99_ms is not None:
-        if facts.fsync_p99_ms >= FSYNC_P99_LIMIT_MS:
-            out.append(Finding(name, WARN, f"fdatasync p99 {facts.fsync_p99_ms:.1f} ms in {data_dir} (etcd "
-                                           f"wants < {FSYNC_P99_LIMIT_MS:.0f} ms): expect slow commits and "
-                                           "lost leaders; use an SSD"))
-        else:
-            out.append(Finding(name, OK, f"fdatasync p99 {facts.fsync_p99_ms:.2f} ms"))
-    else:
-        out.append(Finding(name, WARN, "no python3 on the node: disk fdatasync latency not measured"))
+    if facts.data.others:
+        d = inv.etcd.data_dir
+        out.append(Finding(name, FAIL, f"{d} is not empty and holds no etcd member "
+                                       f"({', '.join(facts.data.others[:5])}); move it aside (on {name}: "
+                                       f"`{datadir.move_aside(d)}`) or set etcd.data_dir in the inventory"))
+    out.append(fsync_finding(inv, name, facts.fsync_p99_ms))
     return out
 
+
+@dataclass
+class Together:
+    findings: list[Finding]
+    join: list[str]  # controllers to join to the running cluster as new members (after the others are up)
+
+
+def judge_together(inv: Inventory, view: cluster.ClusterView) -> Together:
+    """Pure: whose data is this cluster's, and how each member comes up.
+
+    - a data dir of another cluster, or of a removed member: refused, naming the fix for THAT node;
+    - an empty data dir while the others serve (a reset node, a replaced disk): it joins as a new
+      member (member add, --initial-cluster-state=existing), never under its old identity;
+    - some empty and some holding this cluster's data, and those are fewer than a quorum: refused
+      before anything starts: started together, the holders' copy would silently become the cluster's.
+    """
+    out: list[Finding] = []
+    verdicts = view.verdicts()
+    serving = bool(view.in_cluster)
+    by_name = {n.name: n for n in inv.controllers}
+    for v in verdicts.values():
+        if v.kind in (datadir.STALE, datadir.UNREADABLE):
+            out.append(Finding(v.node, FAIL, f"{v.detail}; {datadir.stale_fix(inv, by_name[v.node], serving)}"))
+        elif v.kind == datadir.OURS:
+            out.append(Finding(v.node, OK, f"{v.detail}: kept"))
+    holders = [n for n, v in verdicts.items() if v.kind == datadir.OURS]
+    empty = [n for n, v in verdicts.items() if v.kind == datadir.EMPTY and view[n].active != "active"]
+    join: list[str] = []
+    if empty and (serving or len(holders) >= cluster.quorum(len(inv.controllers))):
+        join = empty
+        why = "the other members serve" if serving else f"{', '.join(holders)} hold this cluster's data"
+        for n in empty:
+            out.append(Finding(n, OK, f"{verdicts[n].detail}; {why}: it joins them as a new member (member add, "
+                                      "--initial-cluster-state=existing) once they are up"))
+    elif empty and holders:
+        holds, wiped = ", ".join(holders), ", ".join(empty)
+        d = inv.etcd.data_dir
+        out.append(Finding("-", FAIL, f"{holds} hold(s) this cluster's data but {wiped} have none, and no member "
+                                      f"serves: started together, {holds}'s copy would silently become the "
+                                      f"cluster's (what only the wiped members had is lost). To start empty: on "
+                                      f"{holds}, `systemctl stop etcd; {datadir.move_aside(d)}`, then "
+                                      "`invoke bootstrap-etcd`; to keep data, restore a snapshot: "
+                                      "`invoke etcd.restore SNAPSHOT`"))
+    return Together(out, join)

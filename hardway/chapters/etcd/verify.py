@@ -1,60 +1,34 @@
-"""The etcd chapter's checks: facts from every member in one round trip each, judged purely."""
+"""The etcd chapter's checks: facts from every member in one round trip each, judged purely.
+
+Blame follows evidence: each data dir's WAL head says whose member it holds (the same reading as
+preflight), so a stale member is named as such and the members that merely log its `cluster ID
+mismatch` are not. A journal signature counts only while it explains a failing member: on a
+healthy member it is the echo of another's failure (warn, naming that member) or history (ok).
+etcdctl is not asked where the unit is not running, and with short timeouts: with one member
+stopped, verify answers in about a second ("2 of 3 members up, quorum kept, writes work").
+"""
 
 from __future__ import annotations
 
-import json
-import re
-import socket
-import ssl
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hardway import remote
 from hardway.chapters.base import Context
-from hardway.chapters.etcd import ids
-from hardway.chapters.etcd.files import UNIT, UNIT_PATH, ctl
-from hardway.chapters.pki import throwaway_client
-from hardway.checks import FAIL, OK, WARN, CheckResult
-from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint, unit_states
+from hardway.chapters.etcd import cluster, datadir, quorum
+from hardway.chapters.etcd.client_auth import client_auth_results
+from hardway.chapters.etcd.files import UNIT, UNIT_PATH
+from hardway.chapters.etcd.preflight import fsync_finding, fsync_p99
+from hardway.chapters.etcd.signatures import SIGNATURES
+from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
+from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint
 from hardway.files import File, stamps
 from hardway.inventory import Inventory, Node
-from hardway.pki.catalogue import ETCD_CA_NAME
 from hardway.remote import Remote
-from hardway.state import PkiState
+from hardway.signatures import shorten
 from hardway.systemd import exec_words
 
 CHAPTER = "etcd"
-
-# Known failure signatures in the etcd journal -> (cause, fix).
-SIGNATURES: tuple[tuple[str, str, str], ...] = (
-    (r"request cluster ID mismatch",
-     "a member's data dir belongs to another cluster (a stale member re-added)",
-     "on the member whose data is stale: stop etcd, move {data_dir}/member aside, `etcdctl member remove` and "
-     "`member add` it, and start it with --initial-cluster-state existing"),
-    (r"has already been bootstrapped",
-     "this member lost its data dir after it had joined the cluster",
-     "`etcdctl member remove` it and `member add` it again, then start it with --initial-cluster-state existing"),
-    (r"permanently removed from the cluster",
-     "this member was removed from the cluster but still has its old data dir",
-     "stop etcd, move {data_dir}/member aside, `member add` it again and start with "
-     "--initial-cluster-state existing"),
-    (r"sync duration of .* expected less than 1s|slow fdatasync",
-     "the disk is too slow for etcd (fdatasync); leader elections will fail",
-     "put {data_dir} on an SSD; bootstrap-etcd's preflight prints the measured fdatasync p99"),
-    (r"no such file or directory",
-     "a file the unit references is missing on the node",
-     "run `invoke bootstrap-etcd` to push the missing file"),
-    (r"Missing '='|Unknown key '--|Ignoring unknown escape sequences",
-     "the unit file has a broken line continuation (a hand edit or a mangled heredoc)",
-     "run `invoke bootstrap-etcd` to push the rendered unit again; do not hand-edit continuations"),
-    (r"status=203/EXEC",
-     "systemd could not execute the etcd binary: missing, not executable or the wrong architecture",
-     "run `invoke bootstrap-etcd`: preflight checks the binary's architecture and pushes it"),
-)
-
-
-# --- facts -----------------------------------------------------------------------------------
+WRITE_KEY = "/hardway/verify"  # verify proves writes work by writing /hardway/verify/<member>
 
 
 def _text(out: FactOutput) -> str:
@@ -65,64 +39,44 @@ def _answer(out: FactOutput) -> tuple[bool, str]:
     return out.ok, out.stdout.strip()
 
 
-def _json_or_none(out: FactOutput) -> object | None:
-    if not out.ok:
-        return None
-    try:
-        return json.loads(out.stdout)
-    except ValueError:
-        return None
-
-
 UNIT_TEXT: Fact[str] = Fact("unit_text", f"cat {UNIT_PATH} 2>/dev/null", _text, (UNIT_PATH,))
 
 
-def health(inv: Inventory, node: Node) -> Fact[tuple[bool, str]]:
-    """`etcdctl endpoint health` against the member itself: a linearizable read, so quorum too."""
-    return Fact("etcd_health", ctl(inv, node, "endpoint health"), _answer, (node.name,))
-
-
-def status(inv: Inventory, node: Node) -> Fact[object | None]:
-    return Fact("etcd_status", ctl(inv, node, "endpoint status -w json"), _json_or_none, (node.name,))
-
-
-def members(inv: Inventory, node: Node) -> Fact[object | None]:
-    return Fact("etcd_members", ctl(inv, node, "member list -w json"), _json_or_none, (node.name,))
+def write(inv: Inventory, node: Node) -> Fact[tuple[bool, str]]:
+    """A real write through this member: a hardway key holding the node's clock."""
+    put = cluster.quick_ctl(inv, node, f"put {WRITE_KEY}/{node.name} \"$(date +%s)\"")
+    return Fact("etcd_write", cluster.guarded(put), _answer, (node.name,))
 
 
 @dataclass
 class MemberFacts:
     """What verify reads from one controller."""
 
-    active: str = "unknown"
+    view: cluster.MemberView
     files: dict[str, tuple[int, str, str] | None] = field(default_factory=dict)
     hashes: dict[str, str | None] = field(default_factory=dict)
     referenced: dict[str, bool] = field(default_factory=dict)  # path in ExecStart -> exists
     lint: str = ""
     journal: str = ""
-    health: str = ""
-    healthy: bool = False
-    status: dict | None = None
-    members: list[dict] | None = None
+    fsync_p99_ms: float | None = None
+    write: tuple[bool, str] = (False, "")
 
 
 def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
     """Everything verify needs from one member, in one round trip (plus one if the unit names extra files)."""
     paths = [x.path for x in files]
-    hashes, stats, states = file_hashes(paths, stamps(files)), file_stats(paths), unit_states((UNIT,))
-    lint, journal = unit_lint([UNIT_PATH]), journal_since_start(UNIT)
-    h, s, m = health(inv, r.node), status(inv, r.node), members(inv, r.node)
-    v = gather(r, [states, hashes, stats, UNIT_TEXT, lint, journal, h, s, m], timeout=60)
-    f = MemberFacts(active=v[states][UNIT].active)
+    hashes, stats = file_hashes(paths, stamps(files)), file_stats(paths)
+    lint, journal, fsync = unit_lint([UNIT_PATH]), journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir)
+    put = write(inv, r.node)
+    # everything but the disk probe at once (etcdctl calls mostly wait on the network), then the probe
+    # alone, so nothing else disturbs the figure
+    v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), put], timeout=60,
+               parallel=True).merged(gather(r, [fsync], timeout=60))
+    f = MemberFacts(cluster.view_from(inv, r.node, v))
     f.hashes = v[hashes]
     f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items()}
     f.lint = "\n".join(line for line in v[lint].splitlines() if "etcd" in line)
-    f.journal = v[journal]
-    f.healthy, f.health = v[h]
-    st = v[s]
-    f.status = st[0].get("Status") if isinstance(st, list) and st and isinstance(st[0], dict) else None
-    ml = v[m]
-    f.members = ml.get("members", []) if isinstance(ml, dict) else None
+    f.journal, f.fsync_p99_ms, f.write = v[journal], v[fsync], v[put]
     referenced = sorted({w.split("=", 1)[-1] for w in exec_words(v[UNIT_TEXT])
                          if w.split("=", 1)[-1].startswith("/") and "," not in w} - set(paths))
     if referenced:  # a hand-edited unit naming files hardway does not plan
@@ -132,16 +86,69 @@ def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
         if f.files.get(p) is not None:
             f.referenced.setdefault(p, True)
     return f
-def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[File]) -> list[CheckResult]:
-    """Pure: one member's facts -> results (tested with hand-made facts)."""
-    n = node.name
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Together:
+    """What one member's results need to know about the others."""
+
+    view: cluster.ClusterView
+    verdicts: dict[str, datadir.Verdict]
+    failing: set[str]  # members that are not serving this cluster
+    stale: list[str]  # members whose data dir is not this cluster's
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.view.in_cluster)
+
+
+def together(inv: Inventory, facts: dict[str, MemberFacts]) -> Together:
+    view = cluster.ClusterView(inv, {n: f.view for n, f in facts.items()})
+    verdicts = view.verdicts()
+    stale = [n for n, v in verdicts.items() if v.kind in (datadir.STALE, datadir.UNREADABLE)]
+    serving = {v.node.name for v in view.in_cluster}
+    failing = {n for n in facts if n not in serving or n in stale}
+    return Together(view, verdicts, failing, stale)
+
+
+def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[File],
+                 others: Together | None = None) -> list[CheckResult]:
+    """Pure: one member's facts (and what the others showed) -> results."""
+    others = others or together(inv, {node.name: facts})
+    n, v = node.name, facts.view
     res: list[CheckResult] = []
 
     def add(check: str, status: str, detail: str, hint: str = "") -> None:
         res.append(CheckResult(CHAPTER, check, n, status, detail, hint))
 
-    add("unit-active", OK if facts.active == "active" else FAIL, f"etcd is {facts.active}",
-        "see the journal findings below; `journalctl -u etcd` on the node")
+    if v.active == "active":
+        add("unit-active", OK, "etcd is active")
+    elif v.active == "inactive":
+        add("unit-active", FAIL, "etcd is inactive (stopped)",
+            f"start it: `invoke bootstrap-etcd` (starts stopped members, changes nothing else), or "
+            f"`systemctl start etcd` on {n}")
+    else:
+        add("unit-active", FAIL, f"etcd is {v.active}", f"see the data-dir and journal results for {n}; "
+                                                          f"`journalctl -u etcd` there")
+    _unit_and_files(add, facts, files, res)
+    _data_dir(add, inv, node, v, others)
+    if v.active != "active":
+        add("endpoint-health", SKIP, f"not asked: etcd is {v.active} here")
+    elif v.healthy:
+        add("endpoint-health", OK, (v.health.splitlines() or ["healthy"])[-1][:160])
+    else:
+        add("endpoint-health", FAIL, (v.health.splitlines() or ["no answer"])[-1][:160],
+            "the member runs but does not serve: see its data-dir and journal results and the quorum result")
+    finding = fsync_finding(inv, n, facts.fsync_p99_ms)
+    add("disk-fsync", finding.status, finding.message)
+    _journal(add, inv, node, facts, others)
+    return res
+
+
+def _unit_and_files(add, facts: MemberFacts, files: list[File], res: list[CheckResult]) -> None:
     unit = next((x for x in files if x.path == UNIT_PATH), None)
     if unit is not None:
         got = facts.hashes.get(UNIT_PATH)
@@ -157,6 +164,7 @@ def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[Fil
             "a broken line continuation or quoting; push the rendered unit (`invoke bootstrap-etcd`)")
     else:
         add("unit-lint", OK, "systemd-analyze verify: no warnings")
+    before = len(res)
     for f in files:
         got_mode = facts.files.get(f.path)
         if got_mode is None:
@@ -167,130 +175,71 @@ def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[Fil
         elif facts.hashes.get(f.path) != f.sha256:
             add("files", FAIL, f"{f.path} differs from what hardway planned",
                 "run `invoke bootstrap-etcd` (after `invoke pki` if certificates changed)")
-    missing_refs = [p for p, ok in facts.referenced.items() if not ok]
-    for p in missing_refs:
+    for p in [p for p, ok in facts.referenced.items() if not ok]:
         add("files", FAIL, f"the unit references {p}, which does not exist", "run `invoke bootstrap-etcd`")
-    if not any(r.check == "files" for r in res):
+    if len(res) == before:
         add("files", OK, f"{len(files)} files present with the planned content and mode")
-    add("endpoint-health", OK if facts.healthy else FAIL,
-        (facts.health.splitlines() or ["no answer"])[-1][:160],
-        "" if facts.healthy else "the member is down or cannot reach quorum; see the other results")
+
+
+def _data_dir(add, inv: Inventory, node: Node, v: cluster.MemberView, others: Together) -> None:
+    verdict = others.verdicts.get(node.name)
+    if verdict is None:
+        return
+    if verdict.kind == datadir.OURS:
+        add("data-dir", OK, verdict.detail)
+    elif verdict.kind == datadir.EMPTY:
+        add("data-dir", WARN, verdict.detail, "`invoke bootstrap-etcd` joins it to the cluster as a new member")
+    elif verdict.kind == datadir.CLUTTERED:
+        add("data-dir", FAIL, verdict.detail, f"move it aside: on {node.name}, "
+                                              f"`systemctl stop etcd; {datadir.move_aside(inv.etcd.data_dir)}`")
+    else:
+        add("data-dir", FAIL, verdict.detail, datadir.stale_fix(inv, node, others.serving).removeprefix("fix: "))
+
+
+def _journal(add, inv: Inventory, node: Node, facts: MemberFacts, others: Together) -> None:
+    """A signature counts while it explains a failing member: here, or (peer echoes) another one.
+
+    A member stopped by hand is not explained by its journal (that is history from its last run);
+    a cluster ID mismatch explains nothing once no data dir is stale."""
+    n = node.name
+    crashed = n in others.failing and facts.view.active != "inactive"
+    elsewhere = sorted(others.failing - {n})
+    stale = others.stale[0] if others.stale else ""
     seen = False
-    for pattern, cause, fix in SIGNATURES:
-        m = re.search(pattern, facts.journal)
-        if m:
-            seen = True
-            line = next(ln for ln in facts.journal.splitlines() if re.search(pattern, ln))
-            add("journal", FAIL, f"{cause}: “{line.strip()[:140]}”", fix.format(data_dir=inv.etcd.data_dir))
+    for sig in SIGNATURES:
+        line = sig.first_line(facts.journal)
+        if line is None:
+            continue
+        seen = True
+        fix = sig.fix.format(node=n, stale=stale or n, data_dir=inv.etcd.data_dir)
+        quoted = f"“{shorten(line)}”"
+        explains = not sig.needs_stale or bool(stale)
+        if crashed and explains:
+            add("journal", FAIL, f"{sig.cause}: {quoted}", fix)
+        elif sig.about_peers and elsewhere and explains:
+            add("journal", WARN, f"{quoted}: the echo of {', '.join(elsewhere)} failing ({sig.cause})", fix)
+        elif sig.latent:
+            add("journal", WARN, f"{sig.cause}: {quoted}", fix)
+        else:
+            now = "it is stopped (see unit-active)" if n in others.failing else "this member serves"
+            add("journal", OK, f"an earlier {quoted} ({sig.name}) explains no failure now: {now}")
     if not seen:
         add("journal", OK, "no known failure signature since the unit last started")
-    return res
 
 
-def judge_cluster(inv: Inventory, facts: dict[str, MemberFacts]) -> list[CheckResult]:
-    """Pure: cluster-wide results — membership and leadership."""
-    res: list[CheckResult] = []
-    want = {n.name: (inv.etcd_peer_url(n), ids.expected_member_id(inv, n)) for n in inv.controllers}
-    members = next((f.members for f in facts.values() if f.members is not None), None)
-    if members is None:
-        res.append(CheckResult(CHAPTER, "members", "-", FAIL, "no member answered `member list`",
-                          "the cluster has no quorum; start the stopped members (`invoke bootstrap-etcd`)"))
-    else:
-        got = {m.get("name") or f"(unstarted {int(m['ID']):x})": (",".join(m.get("peerURLs", [])), int(m["ID"]))
-               for m in members}
-        if got == want:
-            res.append(CheckResult(CHAPTER, "members", "-", OK,
-                              f"member list = the inventory's {len(want)} controllers (names, peer URLs, IDs)"))
-        else:
-            extra = sorted(set(got) - set(want))
-            missing = sorted(set(want) - set(got))
-            differ = sorted(k for k in set(got) & set(want) if got[k] != want[k])
-            res.append(CheckResult(CHAPTER, "members", "-", FAIL,
-                              f"member list differs from the inventory: extra {extra or '-'}, missing "
-                              f"{missing or '-'}, different peer URL/ID {differ or '-'}",
-                              "remove stale members with `etcdctl member remove`, add missing ones with "
-                              "`member add`, or fix the inventory"))
-    leaders = {f.status.get("leader") for f in facts.values() if f.status}
-    leaders.discard(None)
-    leaders.discard(0)
-    answering = sum(1 for f in facts.values() if f.status)
-    if len(leaders) == 1 and answering:
-        leader = leaders.pop()
-        name = next((n for n, (_, mid) in want.items() if mid == int(leader)), f"{int(leader):x}")
-        res.append(CheckResult(CHAPTER, "leader", "-", OK, f"exactly one leader: {name} ({answering} members agree)"))
-    else:
-        res.append(CheckResult(CHAPTER, "leader", "-", FAIL,
-                          f"{len(leaders)} leaders seen by {answering} answering members",
-                          "no leader usually means no quorum or a disk too slow for elections "
-                          "(`sync duration` in the journal)"))
-    return res
-
-
-def client_auth_results(inv: Inventory, state: PkiState, node: Node) -> list[CheckResult]:
-    """A client without a certificate, one from another CA, and one from the cluster CA (what every
-    worker holds: kube-proxy's) must all be refused: etcd trusts its own CA only."""
-    res: list[CheckResult] = []
-    host, port = str(node.address), 2379
-    if not state.cert(ETCD_CA_NAME).is_file():  # a PKI made before etcd had a CA of its own
-        return [CheckResult(CHAPTER, "client-auth", node.name, FAIL, f"no {state.cert(ETCD_CA_NAME)}: etcd still "
-                            "trusts the cluster CA, and so every worker's certificate",
-                            "`invoke pki` issues the etcd CA; `invoke rotate-certs` moves etcd to it")]
-    with tempfile.TemporaryDirectory(prefix="hardway-authcheck-") as tmp:
-        foreign_cert, foreign_key = throwaway_client(Path(tmp), inv.key_algorithm)
-        for label, cert in (("no client certificate", None),
-                            ("a certificate from another CA", (foreign_cert, foreign_key)),
-                            ("a worker's certificate (kube-proxy, from the cluster CA)",
-                             (state.cert("kube-proxy"), state.key("kube-proxy")))):
-            outcome = _tls_request(host, port, state.cert(ETCD_CA_NAME), cert)
-            if outcome == "refused":
-                res.append(CheckResult(CHAPTER, "client-auth", node.name, OK, f"a client with {label} is refused"))
-            elif outcome == "unreachable":
-                res.append(CheckResult(CHAPTER, "client-auth", node.name, WARN,
-                                  f"could not reach {host}:{port} from here to test a client with {label}",
-                                  "run verify from a host that reaches the controllers' client port"))
-            elif outcome == UNVERIFIED:
-                res.append(CheckResult(CHAPTER, "client-auth", node.name, FAIL,
-                                  f"{host}:{port} serves a certificate the etcd CA did not sign",
-                                  "the member runs on certificates from before etcd had a CA of its own; "
-                                  "`invoke rotate-certs` moves etcd over, one member at a time"))
-                break
-            else:
-                res.append(CheckResult(CHAPTER, "client-auth", node.name, FAIL,
-                                  f"a client with {label} was served: {outcome}",
-                                  "the unit must pass --client-cert-auth and --trusted-ca-file with the etcd CA "
-                                  "alone; `invoke rotate-certs` moves a one-CA cluster over, then "
-                                  "`invoke bootstrap-etcd`"))
-    return res
-
-
-UNVERIFIED = "server certificate does not verify"
-
-
-def _tls_request(host: str, port: int, ca: Path, client: tuple[Path, Path] | None) -> str:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.check_hostname = False  # we test client auth, not the server's SAN (pki tests cover that)
-    if client:
-        ctx.load_cert_chain(str(client[0]), str(client[1]))
-    try:
-        with socket.create_connection((host, port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(f"GET /version HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            data = tls.recv(200)
-    except ssl.SSLCertVerificationError:
-        return UNVERIFIED  # our side refused the server: says nothing about client auth
-    except ssl.SSLError:
-        return "refused"
-    except (ConnectionResetError, BrokenPipeError):
-        return "refused"
-    except OSError:
-        return "unreachable"
-    if not data:
-        return "refused"
-    return data.decode(errors="replace").splitlines()[0]
+def judge(inv: Inventory, facts: dict[str, MemberFacts], files: dict[str, list[File]]) -> list[CheckResult]:
+    """Pure: every member's results, then the cluster's (membership, leader, quorum and writes)."""
+    others = together(inv, facts)
+    results: list[CheckResult] = []
+    for node in inv.controllers:
+        if node.name in facts:
+            results.extend(judge_member(inv, node, facts[node.name], files[node.name], others))
+    results.extend(quorum.judge_cluster(inv, others.view, {n: f.write for n, f in facts.items()}))
+    return results
 
 
 def verify(ctx: Context, files: dict[str, list[File]]) -> list[CheckResult]:
-    """Every member's unit, files, health and journal; membership and leadership; client auth."""
+    """Every member's unit, files, data dir, health, disk and journal; the cluster; client auth."""
     inv = ctx.inv
     outcomes = remote.fan_out(inv, inv.controllers, lambda r: gather_member(inv, r, files[r.node.name]),
                               connector=ctx.connector)
@@ -303,9 +252,8 @@ def verify(ctx: Context, files: dict[str, list[File]]) -> list[CheckResult]:
                                        "majority is up"))
             continue
         facts[o.node.name] = o.value
-        results.extend(judge_member(inv, o.node, o.value, files[o.node.name]))
-    results.extend(judge_cluster(inv, facts))
+    results.extend(judge(inv, facts, files))
     # ask a member that is serving, so a stopped one does not turn this check into "unreachable"
-    probe = next((n for n in inv.controllers if facts.get(n.name) and facts[n.name].healthy), inv.controllers[0])
+    probe = next((n for n in inv.controllers if n.name in facts and facts[n.name].view.healthy), inv.controllers[0])
     results.extend(client_auth_results(inv, ctx.state, probe))
     return results

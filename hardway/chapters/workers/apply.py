@@ -92,7 +92,7 @@ def survey(ctx: Context, chapter, nodes: Sequence[Node]) -> list[Survey]:
             findings.append(Finding(r.node.name, FAIL, str(deploy.foreign_error(
                 r.node.name, push.foreign, f"invoke {chapter.task}")).removeprefix(f"{r.node.name}: ")))
         return WorkerSurvey(r.node, files + fixes.files, values, push, findings,
-                            deploy.sweepable(values[deploy.STAGING_FACT]), stats, values[states_f], fixes.steps)
+                            deploy.sweepable(values[deploy.STAGING_FACT]), stats, values[states_f], steps=fixes.steps)
 
     surveys = []
     for o in remote.fan_out(ctx.inv, nodes, look, connector=ctx.connector):
