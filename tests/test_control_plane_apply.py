@@ -132,8 +132,8 @@ def test_the_rerun_test_catches_a_chapter_that_restarts_what_runs(cp, monkeypatc
     clear(cluster)
     real = services.plan_start
 
-    def restart_everything(units, written, files, stats, states):
-        plan = real(units, written, files, stats, states)
+    def restart_everything(units, written, files, stats, states, **kw):
+        plan = real(units, written, files, stats, states, **kw)
         running = tuple(u for u in units if states[u].active == "active")
         return services.StartPlan(plan.reload, plan.enable, plan.start, running)
 

@@ -20,8 +20,8 @@ from hardway.chapters.etcd import files as etcd_files
 from hardway.remote import QUIET
 from hardway.state import PkiState
 from tests import cp_fakes
+from tests.etcd_fakes import FakeEtcd
 from tests.fakes import FakeCluster, FakeService
-from tests.test_etcd_apply import etcd_node
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROLLERS = ("controller-0", "controller-1", "controller-2")
@@ -52,7 +52,7 @@ def deploy_etcd(inv, state, cluster: FakeCluster, monkeypatch, trusted: str) -> 
         deploy.install(cluster.connector(inv, c), files)
         node = cluster[c.name]
         node.services["etcd"] = FakeService(True, node.tick())
-        etcd_node(node, inv)
+    FakeEtcd(inv, cluster).bootstrap()  # members answer as real ones would
     monkeypatch.undo()
 
 
@@ -167,7 +167,7 @@ def test_a_new_etcd_ca_with_apiservers_running_puts_them_on_the_bundle_before_me
         node = cluster[c.name]
         node.services.update({s: FakeService(True, node.tick()) for f in files for s in f.services})
         cp_fakes.controller(node)
-        etcd_node(node, inv)  # etcd's health, as the etcd tests answer it
+    FakeEtcd(inv, cluster).bootstrap()  # etcd's answers, as the etcd tests give them
     lb = inv.loadbalancers[0]
     deploy.install(cluster.connector(inv, lb), plan.node_files(inv, lb, old_state))
     cluster[lb.name].services[LB_UNIT] = FakeService(True, 1)

@@ -26,8 +26,8 @@ from hardway.chapters.control_plane.files import (
     is_standin,
     version,
 )
+from hardway.chapters.etcd.cluster import health as etcd_health
 from hardway.chapters.etcd.preflight import binary_help, elf_arch, unknown_flags
-from hardway.chapters.etcd.verify import health as etcd_health
 from hardway.checks import FAIL, OK, WARN
 from hardway.errors import HardwayError
 from hardway.facts import ARCH, Fact, FactOutput, FactValues
