@@ -189,14 +189,17 @@ LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventor
     "name": LAB_NAME_HELP,
     "subnet": "the lab's IPv4 subnet (default 10.77.0.0/24; another lab needs another one)",
     "timeout": "seconds to wait for every node to be SSH-ready (default: 60 + 10 per node)",
+    "loadbalancers": "load-balancer nodes, 0 or 1 (default 1, or the running lab's): lb-0 runs HAProxy in "
+                     "front of the apiservers",
 })
 @user_errors
-def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None):
+def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None, loadbalancers=None):
     """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
     from hardway import lab
 
     copy = ROOT / "inventory" / "lab.yaml" if name == lab.DEFAULT_NAME else None
     lab.up(name, whole_number(nodes, "--nodes"), whole_number(workers, "--workers"), subnet, inventory_copy=copy,
+           loadbalancers=whole_number(loadbalancers, "--loadbalancers"),
            timeout=None if timeout is None else seconds(timeout, "--timeout", 0.0))
 
 
@@ -307,6 +310,31 @@ def verify(c, inventory=None, pki_dir=None, chapter=None, json=False):
 
 
 ns.add_task(verify)
+
+# --- kubeconfig.admin: remote kubectl through the API endpoint (the tutorial's chapter 10) --------
+
+
+@task(name="admin", auto_shortflags=False, help={
+    "inventory": INVENTORY_HELP,
+    "pki-dir": "PKI state directory (default: pki/<cluster name>)",
+    "out": "where to write it (default: ~/.kube/config)",
+    "force": "replace a different file there, keeping it as <out>.hardway-orig-<time>",
+})
+@user_errors
+def kubeconfig_admin(c, inventory=None, pki_dir=None, out=None, force=False):
+    """Write the admin kubeconfig (through the API endpoint, 0600) for kubectl on this machine."""
+    from hardway import kubeconfig
+
+    inv = load_inventory(inventory)
+    target = Path(out).expanduser() if out else Path.home() / ".kube" / "config"
+    written = kubeconfig.install_admin(inv, pki_state(inv, pki_dir), target, force=force)
+    print(written)
+    print(f"try: kubectl --kubeconfig {target} get --raw /readyz")
+
+
+kubeconfig_ns = Collection("kubeconfig")
+kubeconfig_ns.add_task(kubeconfig_admin, name="admin")
+ns.add_collection(kubeconfig_ns)
 
 # --- rotate-certs (owner: rotation) --------------------------------------------------------
 

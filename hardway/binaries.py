@@ -1,23 +1,44 @@
-"""Where the binaries hardway distributes come from: a local file, or a URL checked by sha256."""
+"""Where the binaries hardway distributes come from: a local file, or a URL checked by sha256.
+
+A URL may be a release tarball: several binaries can name the same one (the official
+``kubernetes-server-linux-<arch>.tar.gz`` holds kube-apiserver, kube-controller-manager,
+kube-scheduler, kubectl, kubelet and kube-proxy), each taking the member named like it. The download is
+kept in the cache by its sha256, so one tarball is fetched once however many binaries it serves.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hardway import localfs
 from hardway.errors import HardwayError
 from hardway.files import sha256_file
 from hardway.inventory import BinarySource, Inventory
 
+TARBALLS = (".tar.gz", ".tgz", ".tar")
+CHUNK = 1 << 20
+
 
 def cached_path(source: BinarySource, cache_dir: Path) -> Path:
     """Where a URL source lands once fetched (keyed by its sha256, so a new release never collides)."""
     assert source.sha256 is not None
     return cache_dir / source.sha256[:16] / source.name
+
+
+def download_path(source: BinarySource, cache_dir: Path) -> Path:
+    """Where a tarball is kept once downloaded: shared by every binary taken from it."""
+    assert source.url is not None and source.sha256 is not None
+    name = Path(urlsplit(source.url).path).name or "download"
+    return cache_dir / source.sha256[:16] / f"download-{name}"
+
+
+def is_tarball(source: BinarySource) -> bool:
+    return source.url is not None and urlsplit(source.url).path.endswith(TARBALLS)
 
 
 def resolve(inv: Inventory, name: str, cache_dir: Path) -> Path | None:
@@ -51,27 +72,53 @@ def fetch(source: BinarySource, cache_dir: Path, timeout: float = 60.0) -> Path:
     target = cached_path(source, cache_dir)
     if target.is_file():
         return target
-    try:
-        with urllib.request.urlopen(source.url, timeout=timeout) as resp:
-            payload = resp.read()
-    except OSError as exc:
-        raise HardwayError(f"binaries.{source.name}: cannot download {source.url}: {exc}") from None
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != source.sha256:
-        raise HardwayError(f"binaries.{source.name}: {source.url} has sha256 {digest}, the inventory says "
-                           f"{source.sha256}; refusing it")
-    if source.url.endswith((".tar.gz", ".tgz", ".tar")):
-        payload = _member(payload, source)
     localfs.private_dir(target.parent)
-    localfs.write_atomic(target, payload, 0o755)
+    if not is_tarball(source):
+        _download(source, target, timeout)
+        return target
+    archive = download_path(source, cache_dir)
+    if not archive.is_file():
+        _download(source, archive, timeout)
+    with localfs.write_stream(target, 0o755) as out:
+        for block in _member(archive, source):
+            out.write(block)
     return target
 
 
-def _member(archive: bytes, source: BinarySource) -> bytes:
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        for member in tar.getmembers():
+def fetch_all(inv: Inventory, names: tuple[str, ...] | list[str], cache_dir: Path) -> list[Path]:
+    """Fetch every named binary the inventory has a source for (a shared tarball once)."""
+    return [fetch(inv.binaries[n], cache_dir) for n in names if n in inv.binaries]
+
+
+def _download(source: BinarySource, target: Path, timeout: float) -> None:
+    """Stream ``source.url`` into ``target`` (0755), refusing it unless its sha256 is the pinned one."""
+    assert source.url is not None and source.sha256 is not None
+    digest = hashlib.sha256()
+
+    try:
+        with urllib.request.urlopen(source.url, timeout=timeout) as resp, localfs.write_stream(target, 0o755) as out:
+            while block := resp.read(CHUNK):
+                digest.update(block)
+                out.write(block)
+            if digest.hexdigest() != source.sha256:  # raised inside: the download never lands
+                raise HardwayError(f"binaries.{source.name}: {source.url} has sha256 {digest.hexdigest()}, the "
+                                   f"inventory says {source.sha256}; refusing it")
+    except OSError as exc:
+        raise HardwayError(f"binaries.{source.name}: cannot download {source.url}: {exc}") from None
+
+
+def _member(archive: Path, source: BinarySource) -> Iterator[bytes]:
+    """The bytes of the archive member whose file name is the binary's (streamed)."""
+    try:
+        tar = tarfile.open(archive)  # noqa: SIM115 -- closed by the with below; open errors are reported first
+    except (tarfile.TarError, OSError) as exc:
+        raise HardwayError(f"binaries.{source.name}: {source.url} is not a readable tarball: {exc}") from None
+    with tar:
+        for member in tar:
             if member.isfile() and Path(member.name).name == source.name:
                 extracted = tar.extractfile(member)
                 assert extracted is not None
-                return extracted.read()
+                while block := extracted.read(CHUNK):
+                    yield block
+                return
     raise HardwayError(f"binaries.{source.name}: {source.url} holds no file named {source.name!r}")

@@ -213,6 +213,15 @@ def _parse_text(out: FactOutput) -> str:
     return out.stdout
 
 
+def _file_text(out: FactOutput) -> str | None:
+    return out.stdout if out.ok else None
+
+
+def file_text(path: str) -> Fact[str | None]:
+    """A small file's text (a certificate, a unit); None if it is missing. Never for a secret."""
+    return Fact("file_text", f"cat -- {shlex.quote(path)}", _file_text, (path,))
+
+
 def journal_since_start(unit: str, lines: int = 300) -> Fact[str]:
     """The unit's journal since it last started, so a repaired service is judged afresh.
 
@@ -230,3 +239,42 @@ def unit_lint(paths: Sequence[str]) -> Fact[str]:
     """What the node's own systemd-analyze says about unit files (stderr only; empty = clean)."""
     paths = tuple(paths)
     return Fact("unit_lint", f"systemd-analyze verify {_quoted(paths)} 2>&1 >/dev/null", _parse_text, paths)
+
+
+_PART = "@@hardway-part@@"
+
+
+def _parts(out: FactOutput, facts: Sequence[Fact[Any]]) -> dict[str, Any]:
+    texts: dict[int, list[str]] = {}
+    codes: dict[int, int] = {}
+    current = None
+    for line in out.stdout.splitlines(keepends=True):
+        if line.startswith(_PART):
+            _, index, rc = line.split()
+            current = int(index)
+            codes[current] = int(rc)
+            texts[current] = []
+        elif current is not None:
+            texts[current].append(line)
+    # each part ends with the newline the script adds after it, then (maybe) its own last newline
+    return {f.key: f.parse(FactOutput("".join(texts.get(i, [])).removesuffix("\n").removesuffix("\n"),
+                                      codes.get(i, 255)))
+            for i, f in enumerate(facts)}
+
+
+def concurrently(name: str, facts: Sequence[Fact[Any]]) -> Fact[dict[str, Any]]:
+    """One fact whose parts run at the same time on the node (each a slow read-only probe: a
+    kubectl, a curl, an etcdctl); its value maps each part's key to its parsed answer."""
+    facts = tuple(facts)
+    runs = " ".join(f"( ( {f.shell.rstrip('; ')}\n) >\"$d/{i}\" 2>&1; echo $? >\"$d/{i}.rc\" ) &"
+                    for i, f in enumerate(facts))
+    show = "; ".join(f"printf '{_PART} {i} %s\\n' \"$(cat \"$d/{i}.rc\")\"; cat \"$d/{i}\"; echo"
+                     for i in range(len(facts)))
+    script = f"d=$(mktemp -d) || exit 1; trap 'rm -rf \"$d\"' EXIT; {runs} wait; {show}"
+    return Fact(name, script, lambda out: _parts(out, facts), facts)  # its args are its parts (the fake answers each)
+
+
+def parts_output(outputs: Sequence[FactOutput]) -> FactOutput:
+    """What a ``concurrently`` fact prints for these part outputs (the remote fake composes it)."""
+    text = "".join(f"{_PART} {i} {o.exit_code}\n{o.stdout}\n" for i, o in enumerate(outputs))
+    return FactOutput(text, 0)

@@ -40,7 +40,7 @@ from hardway.yamlfields import Field, FieldError, IPAddress, IPNetwork, compose,
 InventoryError = FieldError  # a bad inventory: ``file:line: field: problem; fix``
 
 KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096")
-ROLES = ("controller", "worker")
+ROLES = ("controller", "worker", "loadbalancer")
 ENCRYPTION_PROVIDERS = ("aescbc", "aesgcm")
 # Cert families that take extra SANs from the inventory (like kubeadm's --apiserver-cert-extra-sans).
 SAN_FAMILIES = ("kube-apiserver", "etcd", "kubelet")
@@ -67,6 +67,10 @@ class Node:
     @property
     def is_worker(self) -> bool:
         return "worker" in self.roles
+
+    @property
+    def is_loadbalancer(self) -> bool:
+        return "loadbalancer" in self.roles
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ class Inventory:
     encryption_provider: str = "aescbc"
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     warnings: tuple[str, ...] = ()
+    # "file:line: versions.NAME" of each given version, so a later check can name the line to fix
+    versions_where: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False,
+                                              repr=False)
 
     @property
     def controllers(self) -> tuple[Node, ...]:
@@ -136,6 +143,12 @@ class Inventory:
     @property
     def workers(self) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.is_worker)
+
+    @property
+    def loadbalancers(self) -> tuple[Node, ...]:
+        """Nodes running hardway's HAProxy in front of the apiservers (none: the endpoint is a
+        controller's own address, or a load balancer the user runs)."""
+        return tuple(n for n in self.nodes if n.is_loadbalancer)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -226,6 +239,10 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
     e = enc_f.mapping(("provider",)) if enc_f.present else {}
     provider = enc_f.get(e, "provider").choice(ENCRYPTION_PROVIDERS, "aescbc")
 
+    versions_f = top.get(f, "versions")
+    versions = _versions(versions_f)
+    versions_where = {name: versions_f.get(versions_f.mapping(VERSION_COMPONENTS, what="component"), name).where
+                      for name in versions} if versions else {}
     warnings = []
     if len(controllers) % 2 == 0:
         warnings.append(
@@ -235,7 +252,7 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
     return Inventory(
         path=Path(source), cluster_name=name, cluster_domain=domain, service_cidr=service_cidr,
         cluster_cidr=cluster_cidr, api_endpoint=api, key_algorithm=key_algorithm, ssh=_ssh(top.get(f, "ssh"), base),
-        nodes=tuple(nodes), versions=MappingProxyType(_versions(top.get(f, "versions"))),
+        nodes=tuple(nodes), versions=MappingProxyType(versions), versions_where=MappingProxyType(versions_where),
         binaries=MappingProxyType(_binaries(top.get(f, "binaries"), base)),
         extra_sans=MappingProxyType(extra_sans), cert_validity_days=validity,
         ca_validity_days=ca_validity, renew_within_days=renew, encryption_provider=provider,
@@ -288,10 +305,15 @@ def _nodes(nodes_f: Field, service_cidr: IPNetwork, cluster_cidr: IPNetwork) -> 
         for r in roles_f.items():
             role = r.string()
             if role not in ROLES:
-                raise r.fail(f"{shown(role)} is not a role; use controller and/or worker")
+                raise r.fail(f"{shown(role)} is not a role; use controller, worker and/or loadbalancer")
             roles.add(role)
         if not roles:
-            raise roles_f.fail("needs at least one role: controller and/or worker")
+            raise roles_f.fail("needs at least one role: controller, worker and/or loadbalancer")
+        if {"controller", "loadbalancer"} <= roles:
+            # HAProxy listens on the endpoint port on every address of its node; 6443 is the apiserver's.
+            raise roles_f.fail("a node cannot be both controller and loadbalancer: the load balancer in front of "
+                               "the apiservers needs a machine of its own (or leave the loadbalancer role out and "
+                               "use a controller's address as api_endpoint.address)")
         name_f = item.get(n, "name")
         name = _node_name(name_f, roles)
         if name in seen_names:
@@ -350,19 +372,30 @@ def _api_endpoint(f: Field, nodes: list[Node], service_cidr: IPNetwork, cluster_
     a = f.mapping(("address", "port", "hostname")) if f.present else {}
     addr_f, port_f = f.get(a, "address"), f.get(a, "port")
     first = next(n for n in nodes if n.is_controller)
-    address = _address(addr_f, alone=len(nodes) == 1) if addr_f.present else first.address
+    balancers = [n for n in nodes if n.is_loadbalancer]
+    if addr_f.present:
+        address = _address(addr_f, alone=len(nodes) == 1)
+    elif len(balancers) > 1:
+        raise addr_f.fail(f"is required with {len(balancers)} load balancers ({', '.join(n.name for n in balancers)}): "
+                          "give the address they share (a virtual IP such as keepalived's)")
+    else:  # the load balancer's own address, else the first controller's
+        address = balancers[0].address if balancers else first.address
     for net, label in ((service_cidr, "service_cidr"), (cluster_cidr, "cluster_cidr")):
         if address in net:
             raise addr_f.fail(f"{address} lies inside cluster.{label} {net}; use the load balancer's address")
     port = port_f.integer(APISERVER_PORT, 1, 65535)
-    # A node's own address (or loopback, on a single node) is served by that node's apiserver,
+    # A controller's own address (or loopback, on a single node) is served by that node's apiserver,
     # which listens on APISERVER_PORT only; any other address is a load balancer, free to map a
     # port of its own onto the controllers' 6443.
     owner = next((n for n in nodes if n.address == address), nodes[0] if address.is_loopback else None)
-    if owner is not None and not owner.is_controller:
+    if owner is not None and not owner.is_controller and not owner.is_loadbalancer:
         raise addr_f.fail(f"{address} is {owner.name}'s address, and only controllers run an apiserver; use a "
                           "controller's address or a load balancer's")
-    if owner is not None and port != APISERVER_PORT:
+    if owner is not None and owner.is_controller and balancers:
+        raise addr_f.fail(f"{address} is {owner.name}'s own address, but {balancers[0].name} is the load balancer "
+                          f"in front of the apiservers; use its address ({balancers[0].address}), or drop its "
+                          "loadbalancer role")
+    if owner is not None and owner.is_controller and port != APISERVER_PORT:
         whose = f"{owner.name}'s own address" + ("" if addr_f.present else " (api_endpoint.address defaults to it)")
         raise port_f.fail(f"{port} is not where an apiserver listens: the endpoint is {whose}, and kube-apiserver "
                           f"serves on {APISERVER_PORT} there; use port {APISERVER_PORT}, or a load balancer's "

@@ -8,6 +8,7 @@ They embed private keys: 0600, like the keys.
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +160,25 @@ def ensure_kubeconfigs(inv: Inventory, state: PkiState) -> list[Generated]:
         else:
             outcomes.append(Generated("kubeconfig", spec.name, "rewritten", _why_changed(old, data)))
     return outcomes
+
+
+def install_admin(inv: Inventory, state: PkiState, target: Path, *, force: bool = False) -> str:
+    """Copy the admin kubeconfig (server: the API endpoint) to ``target`` (0600) for kubectl on the
+    jumpbox. A different file already there is refused unless ``force``, which keeps it as
+    ``<target>.hardway-orig-<time>``. Says what it did."""
+    spec = next(s for s in kubeconfig_specs(inv) if s.name == "admin")
+    data = render(inv, state, spec)
+    have = localfs.read_or_none(target)
+    if have == data:
+        localfs.fix_mode(target, localfs.SECRET_MODE)
+        return f"{target}: already the admin kubeconfig for {spec.server} (kept)"
+    if have is not None:
+        if not force:
+            raise HardwayError(f"{target} exists and is another kubeconfig; pass --force to replace it (kept as "
+                               f"{target}.hardway-orig-<time>), or --out PATH to write elsewhere")
+        localfs.write_atomic(target.with_name(f"{target.name}.hardway-orig-{int(time.time())}"), have,
+                             localfs.SECRET_MODE)
+    if not target.parent.is_dir():  # ~/.kube on a fresh machine; an existing directory is left as it is
+        localfs.private_dir(target.parent)
+    localfs.write_atomic(target, data, localfs.SECRET_MODE)
+    return f"{target}: the admin kubeconfig for {spec.server} (0600)"

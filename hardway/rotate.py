@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from hardway import deploy, jumpbox, pki, plan, remote, services
+from hardway import deploy, etcd_trust, jumpbox, pki, plan, remote, services
 from hardway.chapters import Context, owner_of, restart_order
 from hardway.errors import HardwayError
 from hardway.facts import file_hashes, file_stats, gather, unit_states
@@ -49,6 +49,7 @@ class NodePlan:
 class RotationPlan:
     outcomes: list[pki.Generated]
     nodes: list[NodePlan]
+    trust: list[str] = field(default_factory=list)  # etcd's move to another CA, step by step (etcd_trust)
 
     @property
     def changed_outcomes(self) -> list[pki.Generated]:
@@ -66,6 +67,10 @@ class RotationPlan:
             lines.append(f"  {o.action:<9} {o.kind:<11} {o.name}: {'; '.join(o.reasons)}")
         kept = [o.name for o in self.outcomes if o.action == "kept"]
         lines.append(f"  kept      {len(kept)} unchanged: {', '.join(kept)}" if kept else "  (none kept)")
+        if self.trust:
+            lines.append("etcd moves to its CA first, trusting both CAs while it rolls:")
+            lines.extend(f"  {i}. {step}" for i, step in enumerate(self.trust, 1))
+            lines.append(f"  {len(self.trust) + 1}. the push below: the old CA is no longer trusted")
         lines.append("Nodes:")
         for n in self.nodes:
             if not n.changes:
@@ -156,8 +161,10 @@ def plan_rotation(inv: Inventory, state: PkiState, *, renew_within: timedelta | 
         copy = PkiState(Path(tmp) / "state")
         shutil.copytree(state.root, copy.root, copy_function=shutil.copy2)
         outcomes = jumpbox.generate(inv, copy, renew_within=renew_within)
+        ctx = Context(inv, copy, cache_dir=cache_dir, connector=connector, progress=progress)
+        trust = etcd_trust.plan(ctx).describe()
         nodes = _plan_nodes(inv, copy, outcomes, cache_dir=cache_dir, connector=connector, progress=progress)
-    return RotationPlan(outcomes, nodes)
+    return RotationPlan(outcomes, nodes, trust)
 
 
 @dataclass
@@ -179,8 +186,11 @@ def rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None = 
 def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, cache_dir: Path | None,
             connector: Connector, progress: Progress, timeout: float) -> RotationReport:
     outcomes = jumpbox.generate(inv, state, renew_within=renew_within)
+    ctx = Context(inv, state, cache_dir=cache_dir, connector=connector, progress=progress, timeout=timeout)
+    trust = etcd_trust.plan(ctx)
+    rolled = etcd_trust.roll(ctx, trust) if trust.needed else []
     nodes = _plan_nodes(inv, state, outcomes, cache_dir=cache_dir, connector=connector, progress=progress)
-    the_plan = RotationPlan(outcomes, nodes)
+    the_plan = RotationPlan(outcomes, nodes, trust.describe())
     by_name = {n.node.name: n for n in nodes}
 
     def push(r: Remote) -> list[str]:
@@ -196,8 +206,7 @@ def _rotate(inv: Inventory, state: PkiState, *, renew_within: timedelta | None, 
     if (error := remote.first_error(pushed)) is not None:
         raise HardwayError(f"push failed on {error}; nothing was restarted — re-run rotate-certs, it converges")
     written = {o.node.name: o.value or [] for o in pushed}
-    ctx = Context(inv, state, cache_dir=cache_dir, connector=connector, progress=progress, timeout=timeout)
-    restarted: list[tuple[str, str]] = []
+    restarted: list[tuple[str, str]] = list(rolled)
     for service, node_name in restart_sequence(nodes):
         owner_of(service).restart(ctx, inv.node(node_name), service)
         restarted.append((service, node_name))

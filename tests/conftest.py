@@ -3,14 +3,14 @@
 Lab fixtures (for tests marked ``lab``) boot real systemd machines with ``hardway.lab``:
 
 - ``lab`` (session): a uniquely named lab with its own subnet, by default 3 controllers +
-  2 workers like the default lab (a node costs ~0.4 s of boot here: bench/lab.py), or
+  2 workers + the load balancer lb-0 like the default lab (a node costs ~0.4 s of boot here: bench/lab.py), or
   ``--lab-controllers N`` / ``--lab-workers M`` (or HARDWAY_LAB_CONTROLLERS / HARDWAY_LAB_WORKERS).
   It is a ``hardway.lab.Lab``: ``.name``, ``.state_dir``, ``.inventory_path`` (the lab's
   inventory YAML, in its state dir), ``.inventory`` (loaded), ``.layout`` (a ``LabLayout``), ``.pids()``,
   ``.stop_node(name)`` / ``.start_node(name)`` (power a node off and on: connections to a
   stopped node time out; its disk is kept), ``.status()``. Tests that stop a node must start
   it again (try/finally): the lab is shared by the whole session.
-- ``lab_factory`` (session): ``lab_factory(controllers=1, workers=0)`` boots another small lab
+- ``lab_factory`` (session): ``lab_factory(controllers=1, workers=0, loadbalancers=0)`` boots another small lab
   with its own name and subnet; ``lab_factory.reserve()`` only picks a name and subnet (for a
   test that runs ``lab.up`` itself). Every lab either made is torn down at the end of the
   session, whatever happens: test failures, Ctrl-C (KeyboardInterrupt), SIGTERM, exit.
@@ -51,6 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="controllers in the session lab (default 3, or $HARDWAY_LAB_CONTROLLERS)")
     group.addoption("--lab-workers", type=int, default=int(os.environ.get("HARDWAY_LAB_WORKERS", "2")),
                     help="workers in the session lab (default 2, or $HARDWAY_LAB_WORKERS)")
+    group.addoption("--lab-loadbalancers", type=int,
+                    default=int(os.environ.get("HARDWAY_LAB_LOADBALANCERS", "1")),
+                    help="load balancers in the session lab (default 1, or $HARDWAY_LAB_LOADBALANCERS)")
 
 
 def _down_all() -> None:
@@ -98,10 +101,12 @@ class LabFactory:
         _LABS.add(name)
         return name, subnet
 
-    def __call__(self, controllers: int = 1, workers: int = 0, prefix: str = "u") -> lab_lib.Lab:
+    def __call__(self, controllers: int = 1, workers: int = 0, prefix: str = "u",
+                 loadbalancers: int = 0) -> lab_lib.Lab:
         name, subnet = self.reserve(prefix)
         try:
-            return lab_lib.up(name, controllers, workers, str(subnet), report=lambda _: None)
+            return lab_lib.up(name, controllers, workers, str(subnet), loadbalancers=loadbalancers,
+                              report=lambda _: None)
         except HardwayError as exc:
             pytest.fail(f"lab.up {name} ({controllers} controllers + {workers} workers, {subnet}): {exc}",
                         pytrace=False)
@@ -140,7 +145,25 @@ def lab_factory() -> Iterator[LabFactory]:
 def lab(lab_factory: LabFactory, pytestconfig: pytest.Config) -> lab_lib.Lab:
     controllers = pytestconfig.getoption("--lab-controllers")
     workers = pytestconfig.getoption("--lab-workers")
-    return lab_factory(controllers, workers, prefix="t")
+    return lab_factory(controllers, workers, prefix="t", loadbalancers=pytestconfig.getoption("--lab-loadbalancers"))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_dial_loopback_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test without the lab marker never sends a TLS probe beyond loopback (the sample inventory's
+    addresses are someone else's network)."""
+    if request.node.get_closest_marker("lab") is not None:
+        return
+    from hardway.chapters.control_plane import probes
+
+    real = probes.get
+
+    def loopback_only(host: str, *args: object, **kwargs: object) -> probes.Probe:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise AssertionError(f"a unit test dialed {host}: fake the probe (tests/cp_fakes.see_through)")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(probes, "get", loopback_only)
 
 
 @pytest.fixture(scope="session")

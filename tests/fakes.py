@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from hardway.deploy import RECORD, STAGING
-from hardway.facts import Fact, FactOutput
+from hardway.facts import Fact, FactOutput, parts_output
 from hardway.inventory import Inventory, Node
 from hardway.remote import CommandResult, RemoteError
 
@@ -97,6 +97,8 @@ class FakeNode:
 
     def _builtin(self, fact: Fact) -> FactOutput:
         fs = self.files
+        if fact.args and all(isinstance(a, Fact) for a in fact.args):  # facts.concurrently: answer each part
+            return parts_output([self.answer(part) for part in fact.args])
         if fact.name == "file_hashes":
             paths = fact.args[0]
             return FactOutput("".join(f"{hashlib.sha256(fs[p].data).hexdigest()}  {p}\n" for p in paths if p in fs))
@@ -120,6 +122,9 @@ class FakeNode:
                               f"UnitFileState={'enabled' if svc and svc.enabled else 'disabled'}\n"
                               f"MainPID={100 + len(unit) if svc and svc.active else 0}\n")
             return FactOutput("\n".join(blocks))
+        if fact.name == "file_text":
+            path = fact.args[0]
+            return FactOutput(fs[path].data.decode(), 0) if path in fs else FactOutput("No such file", 1)
         if fact.name == "arch":
             return FactOutput(self.arch)
         if fact.name == "listeners":
@@ -282,6 +287,10 @@ class FakeRemote:
                 if unit in services:
                     services[unit].active = False
                 node.event(f"stop {unit}")
+            return ""
+        if verb == "reload":
+            for unit in units:
+                node.event(f"reload {unit}")
             return ""
         if verb in ("daemon-reload", "reset-failed"):
             node.event(verb)

@@ -30,13 +30,35 @@ def _tarball() -> bytes:
 
 
 TARBALL = _tarball()
-FILES = {"/etcd": PAYLOAD, "/etcd-v9-linux-amd64.tar.gz": TARBALL}
+SERVER_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+def _server_tarball() -> bytes:
+    """Shaped like kubernetes-server-linux-amd64.tar.gz: kubernetes/server/bin/<binary>, with image
+    tarballs and tags named after the binaries beside them (kube-apiserver.tar, .docker_tag)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in SERVER_BINARIES:
+            for path, data in ((f"kubernetes/server/bin/{name}.tar", b"image"),
+                               (f"kubernetes/server/bin/{name}.docker_tag", b"v1.32.3"),
+                               (f"kubernetes/server/bin/{name}", f"\x7fELF {name}".encode())):
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+SERVER_TARBALL = _server_tarball()
+FILES = {"/etcd": PAYLOAD, "/etcd-v9-linux-amd64.tar.gz": TARBALL,
+         "/v1.32.3/kubernetes-server-linux-amd64.tar.gz": SERVER_TARBALL}
+GETS: list[str] = []
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            GETS.append(self.path)
             body = FILES.get(self.path)
             self.send_response(200 if body is not None else 404)
             self.end_headers()
@@ -94,3 +116,21 @@ def test_local_path_missing_or_mismatched(tmp_path: Path) -> None:
     assert binaries.fetch(BinarySource("etcd", path=f), tmp_path) == f
     with pytest.raises(HardwayError, match=r"has sha256 .*; replace the file or correct the sha256"):
         binaries.fetch(BinarySource("etcd", path=f, sha256="1" * 64), tmp_path)
+
+
+def test_one_server_tarball_serves_every_binary_and_is_fetched_once(server: str, tmp_path: Path) -> None:
+    from hardway import inventory
+
+    url = f"{server}/v1.32.3/kubernetes-server-linux-amd64.tar.gz"
+    text = ("cluster: {name: demo, service_cidr: 10.32.0.0/24, cluster_cidr: 10.200.0.0/16}\n"
+            "nodes: [{name: c, address: 10.0.0.10, roles: [controller]}]\nbinaries:\n"
+            + "".join(f"  {n}: {{url: '{url}', sha256: {sha(SERVER_TARBALL)}}}\n" for n in SERVER_BINARIES))
+    inv = inventory.parse(text, "inv.yaml")
+    GETS.clear()
+    paths = binaries.fetch_all(inv, SERVER_BINARIES, tmp_path)
+    assert GETS == ["/v1.32.3/kubernetes-server-linux-amd64.tar.gz"], "one download for four binaries"
+    assert [p.read_bytes() for p in paths] == [f"\x7fELF {n}".encode() for n in SERVER_BINARIES]
+    assert all(p.stat().st_mode & 0o777 == 0o755 for p in paths)
+    assert [binaries.resolve(inv, n, tmp_path) for n in SERVER_BINARIES] == paths
+    binaries.fetch_all(inv, SERVER_BINARIES, tmp_path)
+    assert len(GETS) == 1, "a second run downloads nothing"

@@ -38,8 +38,8 @@ def host_etcdctl(inv, state: PkiState, endpoint_nodes, *args: str) -> subprocess
     """etcdctl on the jumpbox (the host's Debian etcd-client) with a client certificate of ours."""
     endpoints = ",".join(inv.etcd_client_url(n) for n in endpoint_nodes)
     return subprocess.run(
-        ["etcdctl", f"--endpoints={endpoints}", f"--cacert={state.cert('ca')}",
-         f"--cert={state.cert('kube-apiserver')}", f"--key={state.key('kube-apiserver')}",
+        ["etcdctl", f"--endpoints={endpoints}", f"--cacert={state.cert('etcd-ca')}",
+         f"--cert={state.cert('apiserver-etcd-client')}", f"--key={state.key('apiserver-etcd-client')}",
          "--dial-timeout=3s", "--command-timeout=5s", *args],
         capture_output=True, text=True, timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
     )

@@ -68,7 +68,9 @@ def test_binaries_in_manifest_not_copied(state, tmp_path):
     etcd = entries["/usr/local/bin/etcd"]
     assert etcd["source"] == str(fake) and etcd["mode"] == "0755" and etcd["services"] == ["etcd"]
     assert etcd["sha256"] == hashlib.sha256(b"not really etcd").hexdigest()
-    assert not (out / "controller-0" / "usr").exists()
+    assert not (out / "controller-0" / "usr" / "local" / "bin" / "etcd").exists()
+    # the stand-ins are generated programs, written like any other generated file
+    assert (out / "controller-0" / "usr" / "local" / "bin" / "kube-apiserver").read_bytes().startswith(b"#!")
     assert "source" not in entries["/etc/etcd/etcd.key"]
 
 

@@ -143,6 +143,23 @@ def test_plan_push_sorts_writes_fixes_records_and_foreign_files() -> None:
     assert set(plan.record) == {UNIT.path, CERT.path, key.path} and plan.record_changed
 
 
+def test_concurrently_runs_its_parts_at_once_and_parses_each() -> None:
+    import subprocess
+    import time
+
+    from hardway.facts import Fact, FactOutput, concurrently
+
+    slow = [Fact(f"part{i}", f"sleep 0.4; echo answer {i}", lambda o: (o.exit_code, o.stdout), (i,)) for i in range(3)]
+    failing = Fact("failing", "printf 'no newline'; exit 3", lambda o: (o.exit_code, o.stdout))
+    both = concurrently("probes", [*slow, failing])
+    t0 = time.monotonic()
+    out = subprocess.run(["sh", "-c", both.shell], capture_output=True, text=True)
+    assert time.monotonic() - t0 < 1.0, "three 0.4 s parts ran at the same time"
+    values = both.parse(FactOutput(out.stdout, out.returncode))
+    assert [values[f.key] for f in slow] == [(0, f"answer {i}") for i in range(3)]
+    assert values[failing.key] == (3, "no newline")
+
+
 def test_a_stamped_big_file_is_known_by_size_and_mtime_and_read_when_either_differs(tmp_path: Path) -> None:
     import hashlib
     import os

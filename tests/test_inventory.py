@@ -118,7 +118,8 @@ BAD = {
     "no controller": (_edit("roles: [controller]", "roles: [worker]\n    pod_cidr: 10.200.1.0/24"),
                       "bad.yaml:6: nodes: has no controller"),
     "unknown role": (_edit("roles: [controller]", "roles: [master]"),
-                     "bad.yaml:8: nodes[0].roles[0]: 'master' is not a role; use controller and/or worker"),
+                     "bad.yaml:8: nodes[0].roles[0]: 'master' is not a role; use controller, worker and/or "
+                     "loadbalancer"),
     "worker without pod cidr": (_edit("    pod_cidr: 10.200.0.0/24\n", ""),
                                 "bad.yaml:9: nodes[1].pod_cidr: is required"),
     "unknown field": (_edit("address: 10.240.0.20", "adress: 10.240.0.20"),

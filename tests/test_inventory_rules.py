@@ -295,3 +295,39 @@ def test_the_reference_page_names_every_field_binary_and_component() -> None:
     missing += [n for n in (*inventory.BINARY_NAMES, *inventory.VERSION_COMPONENTS) if f"`{n}`" not in doc]
     assert not missing, f"docs/inventory.md does not name: {missing}"
     assert "[docs/inventory.md](docs/inventory.md)" in (ROOT / "README.md").read_text()
+
+
+# --- the loadbalancer role -------------------------------------------------------------------------
+
+LB = GOOD + "  - {name: lb-0, address: 10.240.0.5, roles: [loadbalancer]}\n"
+
+
+def test_a_load_balancer_node_is_the_endpoint_by_default_on_any_port() -> None:
+    inv = ok(LB)
+    assert [n.name for n in inv.loadbalancers] == ["lb-0"] and inv.loadbalancers[0].is_loadbalancer
+    assert str(inv.api_endpoint.address) == "10.240.0.5" and inv.api_endpoint.port == 6443
+    assert ok(LB + "api_endpoint: {port: 443}\n").api_endpoint.port == 443
+    vip = ok(LB + "api_endpoint: {address: 10.240.0.100}\n")  # a VIP on the load balancer: the user's
+    assert str(vip.api_endpoint.address) == "10.240.0.100"
+    assert ok(LB.replace("roles: [loadbalancer]", "roles: [loadbalancer, worker], pod_cidr: 10.200.9.0/24"))
+
+
+LB_CASES = [
+    ("controller and loadbalancer", LB.replace("roles: [loadbalancer]", "roles: [loadbalancer, controller]"),
+     "bad.yaml:13: nodes[2].roles: a node cannot be both controller and loadbalancer", "a machine of its own"),
+    ("two load balancers, no address", LB + "  - {name: lb-1, address: 10.240.0.6, roles: [loadbalancer]}\n",
+     "bad.yaml:1: api_endpoint.address: is required with 2 load balancers (lb-0, lb-1)", "keepalived"),
+    ("endpoint on a controller beside a load balancer", LB + "api_endpoint: {address: 10.240.0.10}\n",
+     "bad.yaml:14: api_endpoint.address: 10.240.0.10 is controller-0's own address, but lb-0 is the load "
+     "balancer", "use its address (10.240.0.5)"),
+    ("unknown role names the new one", edit("roles: [controller]", "roles: [lb]"),
+     "bad.yaml:8: nodes[0].roles[0]: 'lb' is not a role; use controller, worker and/or loadbalancer", ""),
+]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in LB_CASES])
+def test_load_balancer_mistakes_are_one_line(case: str) -> None:
+    _, text, start, part = next(c for c in LB_CASES if c[0] == case)
+    message = fails(text)
+    assert message.startswith(start), message
+    assert part in message, message

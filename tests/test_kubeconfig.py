@@ -136,3 +136,19 @@ def test_missing_cert_is_a_user_error_and_writes_nothing(copy):
     with pytest.raises(HardwayError, match=r"kubelet-worker-1\.crt, which is missing; run invoke pki"):
         kubeconfig.ensure_kubeconfigs(INV, copy)
     assert list((copy.root / "kubeconfigs").iterdir()) == []
+
+
+def test_install_admin_writes_0600_keeps_an_equal_file_and_never_clobbers_another(inv, state, tmp_path) -> None:
+    target = tmp_path / "home" / ".kube" / "config"
+    said = kubeconfig.install_admin(inv, state, target)
+    assert said.endswith("(0600)") and target.stat().st_mode & 0o777 == 0o600
+    assert target.parent.stat().st_mode & 0o777 == 0o700
+    assert yaml.safe_load(target.read_text())["clusters"][0]["cluster"]["server"] == "https://10.240.0.100:6443"
+    assert kubeconfig.install_admin(inv, state, target).endswith("(kept)")
+    target.write_text("apiVersion: v1\nkind: Config\n# someone else's\n")
+    with pytest.raises(HardwayError, match=r"exists and is another kubeconfig; pass --force"):
+        kubeconfig.install_admin(inv, state, target)
+    assert "someone else's" in target.read_text()
+    kubeconfig.install_admin(inv, state, target, force=True)
+    [kept] = list(target.parent.glob("config.hardway-orig-*"))
+    assert "someone else's" in kept.read_text() and kept.stat().st_mode & 0o777 == 0o600

@@ -78,6 +78,7 @@ def test_default_layout() -> None:
         ("controller-2", "10.77.0.12", ("controller",)),
         ("worker-0", "10.77.0.20", ("worker",)),
         ("worker-1", "10.77.0.21", ("worker",)),
+        ("lb-0", "10.77.0.5", ("loadbalancer",)),  # last: the others keep their interface names
     ]
     assert [str(n.pod_cidr) for n in p.nodes if n.pod_cidr] == ["10.200.0.0/24", "10.200.1.0/24"]
     assert str(p.gateway) == "10.77.0.1"
@@ -104,9 +105,31 @@ def test_layout_rejects(subnet: str, controllers: int, workers: int, says: str) 
 
 
 def test_twelve_nodes_fit_a_24() -> None:
-    p = lab_lib.layout("b12", 3, 9, "10.78.5.0/24")
+    p = lab_lib.layout("b12", 3, 9, "10.78.5.0/24", loadbalancers=0)
     assert len(p.nodes) == 12 and str(p.nodes[-1].address) == "10.78.5.28"
     assert str(p.nodes[-1].pod_cidr) == "10.200.8.0/24"
+
+
+def test_the_load_balancer_node_is_the_api_endpoint() -> None:
+    p = lab_lib.layout("t5", 3, 1, "10.78.13.0/24")
+    assert p.loadbalancers == 1 and p.record()["loadbalancers"] == 1
+    inv = inventory.parse(lab_lib.render_inventory(p), "lab.yaml")
+    assert [n.name for n in inv.loadbalancers] == ["lb-0"]
+    assert str(inv.api_endpoint.address) == "10.78.13.5" and inv.api_endpoint.port == 6443
+    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert component not in inv.binaries  # the stand-ins run
+    assert "lb-0" not in [n.name for n in lab_lib.layout("t5", 3, 1, "10.78.13.0/24", loadbalancers=0).nodes]
+    with pytest.raises(HardwayError, match="0 or 1"):
+        lab_lib.layout("t5", 3, 1, "10.78.13.0/24", loadbalancers=2)
+
+
+def test_a_lab_recorded_before_the_load_balancer_has_none(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "lab.json").write_text(json.dumps(
+        {"name": "old", "subnet": "10.78.14.0/24", "controllers": 1, "workers": 0}))
+    assert lab_lib.load_layout("old", tmp_path).loadbalancers == 0
 
 
 def test_inventory_round_trips_through_the_loader(tmp_path: Path) -> None:

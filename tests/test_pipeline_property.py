@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import yaml
 from hypothesis import HealthCheck, event, example, given, note, settings
 
-from hardway import build, inventory, jumpbox
+from hardway import build, inventory, jumpbox, pki
 from hardway.errors import HardwayError
 from hardway.inventory import Inventory
 from hardway.state import PkiState
@@ -64,10 +64,11 @@ def _check_outputs(inv: Inventory, state: PkiState, written: list[Path]) -> None
     for cert in certs:
         proc = subprocess.run(["openssl", "x509", "-noout", "-in", str(cert)], capture_output=True, text=True)
         assert proc.returncode == 0, f"openssl cannot parse {cert.name}: {proc.stderr}"
-    leaves = [str(c) for c in certs if c != state.cert("ca")]
-    proc = subprocess.run(["openssl", "verify", "-CAfile", str(state.cert("ca")), *leaves],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"openssl verify: {proc.stdout}{proc.stderr}"
+    for ca in pki.CA_NAMES:  # each certificate against the CA that signs it
+        signed = [str(state.cert(s.name)) for s in pki.catalogue(inv) if s.issuer == ca and s.name != ca]
+        proc = subprocess.run(["openssl", "verify", "-CAfile", str(state.cert(ca)), *signed],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"openssl verify: {proc.stdout}{proc.stderr}"
     kubeconfigs = sorted((state.root / "kubeconfigs").glob("*.kubeconfig"))
     assert len(kubeconfigs) == 5 + len(inv.workers)
     for path in kubeconfigs:

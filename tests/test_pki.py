@@ -47,14 +47,15 @@ C, S, CS = frozenset({"client"}), frozenset({"server"}), frozenset({"client", "s
 API_DNS = {"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster"}
 
 
-def _row(cn, o=None, sans=(), eku=C, ca=False):
-    return {"cn": cn, "o": o, "sans": set(sans), "eku": None if ca else eku, "ca": ca}
+def _row(cn, o=None, sans=(), eku=C, ca=False, issuer="ca"):
+    return {"cn": cn, "o": o, "sans": set(sans), "eku": None if ca else eku, "ca": ca, "issuer": issuer}
 
 
 # FIELD-NOTES' table, written out by hand for each inventory (not derived from the code under test).
 EXPECTED = {
     "sample": {
         "ca": _row("hardway", ca=True),
+        "etcd-ca": _row("etcd-ca", "hardway", ca=True, issuer="etcd-ca"),
         "admin": _row("admin", "system:masters"),
         "kubelet-worker-0": _row("system:node:worker-0", "system:nodes",
                                  {"DNS:worker-0", "IP:10.240.0.20", "IP:127.0.0.1"}, CS),
@@ -66,14 +67,18 @@ EXPECTED = {
         "kube-apiserver": _row("kubernetes", None, {
             "IP:10.32.0.1", "IP:127.0.0.1", "IP:10.240.0.10", "IP:10.240.0.11", "IP:10.240.0.12",
             "IP:10.240.0.100", "DNS:kubernetes.hardway.lan", "DNS:api.hardway.lan",
-            "DNS:kubernetes.default.svc.cluster.local", *(f"DNS:{d}" for d in API_DNS)}, CS),
+            "DNS:kubernetes.default.svc.cluster.local", *(f"DNS:{d}" for d in API_DNS)}, S),
         "apiserver-kubelet-client": _row("kubernetes"),
+        "apiserver-etcd-client": _row("kube-apiserver-etcd-client", issuer="etcd-ca"),
+        "kube-apiserver-lb": _row("hardway:kube-apiserver-lb"),
         **{f"etcd-controller-{i}": _row(f"controller-{i}", None, {
-            f"IP:10.240.0.1{i}", "IP:127.0.0.1", f"DNS:controller-{i}", "DNS:localhost"}, CS) for i in range(3)},
+            f"IP:10.240.0.1{i}", "IP:127.0.0.1", f"DNS:controller-{i}", "DNS:localhost"}, CS, issuer="etcd-ca")
+           for i in range(3)},
         "service-accounts": _row("service-accounts"),
     },
     "mini": {
         "ca": _row("mini", ca=True),
+        "etcd-ca": _row("etcd-ca", "mini", ca=True, issuer="etcd-ca"),
         "admin": _row("admin", "system:masters"),
         "kubelet-node-0": _row("system:node:node-0", "system:nodes", {
             "DNS:node-0", "IP:192.168.50.3", "IP:127.0.0.1", "DNS:node.example", "IP:fd00::3"}, CS),
@@ -82,10 +87,11 @@ EXPECTED = {
         "kube-scheduler": _row("system:kube-scheduler", "system:kube-scheduler"),
         "kube-apiserver": _row("kubernetes", None, {
             "IP:10.96.0.1", "IP:127.0.0.1", "IP:192.168.50.2", "DNS:kubernetes.default.svc.corp.example",
-            *(f"DNS:{d}" for d in API_DNS)}, CS),
+            *(f"DNS:{d}" for d in API_DNS)}, S),
         "apiserver-kubelet-client": _row("kubernetes"),
+        "apiserver-etcd-client": _row("kube-apiserver-etcd-client", issuer="etcd-ca"),
         "etcd-server": _row("server", None, {"IP:192.168.50.2", "IP:127.0.0.1", "DNS:server", "DNS:localhost",
-                                             "DNS:etcd.example", "IP:192.168.50.9"}, CS),
+                                             "DNS:etcd.example", "IP:192.168.50.9"}, CS, issuer="etcd-ca"),
         "service-accounts": _row("service-accounts"),
     },
 }
@@ -164,6 +170,7 @@ def test_issued_cert_matches_table(built, label, name):
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.digital_signature
     assert ku.key_cert_sign is want["ca"] and ku.crl_sign is want["ca"]
+    assert cert.issuer == load_cert(built[label].cert(want["issuer"])).subject
     if want["ca"]:
         assert cert.issuer == cert.subject
     else:
@@ -181,10 +188,15 @@ def test_openssl_verifies_every_cert_for_its_purpose(built, label):
         purposes = (["sslclient"] if spec.client else []) + (["sslserver"] if spec.server else []) or ["any"]
         for purpose in purposes:
             r = subprocess.run(
-                ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", state.cert("ca"),
+                ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", state.cert(spec.issuer),
                  state.cert(spec.name)], capture_output=True, text=True,
             )
             assert r.returncode == 0 and r.stdout.strip().endswith(": OK"), (spec.name, purpose, r.stderr)
+        if not spec.is_ca:  # and no other CA accepts it: etcd's trust is etcd's alone
+            other = next(c for c in pki.CA_NAMES if c != spec.issuer)
+            r = subprocess.run(["openssl", "verify", "-CAfile", state.cert(other), state.cert(spec.name)],
+                               capture_output=True, text=True)
+            assert r.returncode != 0, (spec.name, other)
 
 
 def test_sample_specifics(built):
@@ -272,9 +284,9 @@ def test_expiring_within_window_is_reissued_with_reason(sample_copy):
     expires = load_cert(sample_copy.cert("admin")).not_valid_after_utc
     out = pki.ensure_certificates(inv, sample_copy, now=later)
     certs = by_name(out)
-    assert certs["ca"].action == "kept"
+    assert certs["ca"].action == certs["etcd-ca"].action == "kept"
     for name, o in certs.items():
-        if name != "ca":
+        if name not in pki.CA_NAMES:
             assert o.action == "reissued", name
             assert o.reasons == (f"expires {expires:%Y-%m-%d} (within 30 days)",), o.reasons
     assert load_cert(sample_copy.cert("admin")).not_valid_after_utc > later + timedelta(days=300)
@@ -403,7 +415,12 @@ def test_rotate_ca_reissues_everything(sample_copy):
     certs = by_name(out)
     assert {o.action for o in certs.values()} == {"reissued"}
     assert "every certificate is reissued" in certs["ca"].reasons[0]
-    assert all("not signed by the current CA" in o.reasons for n, o in certs.items() if n != "ca")
+    assert "every certificate is reissued" in certs["etcd-ca"].reasons[0]
+    specs = {s.name: s for s in pki.catalogue(inv)}
+    assert all("not signed by the current CA" in o.reasons for n, o in certs.items() if specs[n].issuer == "ca"
+               and n != "ca")
+    assert all("not signed by the current etcd CA" in o.reasons for n, o in certs.items()
+               if specs[n].issuer == "etcd-ca" and n != "etcd-ca")
     assert {o.action for o in by_name(out, "kubeconfig").values()} == {"rewritten"}
     assert all("CA changed" in o.reasons for o in by_name(out, "kubeconfig").values())
     assert sample_copy.cert("ca").read_bytes() != old_ca
@@ -411,13 +428,60 @@ def test_rotate_ca_reissues_everything(sample_copy):
     assert after["ca.key"] != before["ca.key"]
     assert after["admin.key"] == before["admin.key"]  # leaf keys of the right type are reused
     assert after["encryption-config.yaml"] == before["encryption-config.yaml"]
-    certs_paths = [sample_copy.cert(n) for n in certs]
-    r = subprocess.run(["openssl", "verify", "-CAfile", sample_copy.cert("ca"), *certs_paths],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.count(": OK") == len(certs_paths), r.stdout + r.stderr
-    # the old pair is kept: nodes still trust it until they are re-pushed
-    assert (after["ca.prev.key"][0], after["ca.prev.crt"][0]) == (before["ca.key"][0], before["ca.crt"][0])
-    assert after["ca.prev.key"][2] == 0o600
+    for ca in pki.CA_NAMES:
+        certs_paths = [sample_copy.cert(n) for n in certs if specs[n].issuer == ca]
+        r = subprocess.run(["openssl", "verify", "-CAfile", sample_copy.cert(ca), *certs_paths],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.count(": OK") == len(certs_paths), r.stdout + r.stderr
+        # the old pair is kept: nodes still trust it until they are re-pushed
+        prev = f"{ca}.prev"
+        assert (after[f"{prev}.key"][0], after[f"{prev}.crt"][0]) == (before[f"{ca}.key"][0], before[f"{ca}.crt"][0])
+        assert after[f"{prev}.key"][2] == 0o600
+
+
+def test_a_cluster_made_before_the_etcd_ca_gets_one_and_only_etcd_certs_move(sample_copy):
+    """The state of a cluster on one CA (etcd certs signed by the cluster CA, no etcd-ca): `invoke pki`
+    issues the etcd CA and reissues exactly what it signs; nothing else is touched."""
+    inv = INVENTORIES["sample"]
+    ca_cert, ca_key = load_cert(sample_copy.cert("ca")), pki.read_key(sample_copy.key("ca"))
+    now = datetime.now(UTC)
+    for spec in pki.catalogue(inv):
+        if spec.issuer == "etcd-ca" and not spec.is_ca:  # as the one-CA layout issued them
+            old = dataclasses.replace(spec, issuer="ca")
+            key = pki.read_key(sample_copy.key(spec.name))
+            sample_copy.cert(spec.name).write_bytes(pki.cert_pem(pki.issue(old, key, inv, now, ca_cert, ca_key)))
+    for name in ("etcd-ca", "apiserver-etcd-client"):
+        sample_copy.cert(name).unlink()
+        sample_copy.key(name).unlink()
+    before = snapshot(sample_copy.root)
+    out = by_name(pki.ensure_certificates(inv, sample_copy))
+    moved = {n: o for n, o in out.items() if o.action != "kept"}
+    assert moved["etcd-ca"].action == moved["apiserver-etcd-client"].action == "issued"
+    members = [f"etcd-controller-{i}" for i in range(3)]
+    assert sorted(moved) == sorted(["etcd-ca", "apiserver-etcd-client", *members])
+    assert all(moved[m].reasons == ("not signed by the current etcd CA",) for m in members)
+    after = snapshot(sample_copy.root)
+    assert all(after[f"{m}.key"] == before[f"{m}.key"] for m in members), "member keys are kept"
+    assert not pki.has_problems(pki.check(inv, sample_copy))
+
+
+def test_a_lost_etcd_ca_is_never_replaced_silently(sample_copy):
+    sample_copy.cert("etcd-ca").unlink()
+    before = snapshot(sample_copy.root)
+    with pytest.raises(HardwayError, match=r"etcd-ca\.crt is missing but 4 certificate\(s\) signed by it exist.*"
+                                           r"restore etcd-ca\.crt and etcd-ca\.key"):
+        pki.ensure_certificates(INVENTORIES["sample"], sample_copy)
+    assert snapshot(sample_copy.root) == before
+
+
+def test_check_lists_each_ca_and_the_issuer_of_every_certificate(built):
+    statuses = pki.check(INVENTORIES["sample"], built["sample"])
+    rows = {s.name: s.ca for s in statuses}
+    assert rows["ca"] == rows["etcd-ca"] == "-"
+    assert rows["etcd-controller-0"] == rows["apiserver-etcd-client"] == "etcd-ca"
+    assert rows["kubelet-worker-0"] == rows["kube-apiserver"] == "ca"
+    table = pki.format_check_table(statuses)
+    assert "etcd-ca" in table.splitlines()[2]
 
 
 def test_failed_write_leaves_no_temp_files(tmp_path, monkeypatch):

@@ -94,12 +94,16 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/pki/service-accounts.key", "/etc/kubernetes/pki/service-accounts.pub",
         "/etc/kubernetes/encryption-config.yaml", "/etc/kubernetes/admin.kubeconfig",
         "/etc/kubernetes/kube-controller-manager.kubeconfig", "/etc/kubernetes/kube-scheduler.kubeconfig",
-        "/etc/kubernetes/config/kube-scheduler.yaml", "/etc/kubernetes/rbac/apiserver-to-kubelet.yaml",
+        "/etc/kubernetes/config/kube-scheduler.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
         "/etc/systemd/system/kube-scheduler.service", "/etc/systemd/system/hardway-pod-routes.service",
+        "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "/etc/kubernetes/pki/apiserver-etcd-client.key",
+        # the sample names no Kubernetes binaries: the stand-ins (its etcd binaries do not exist: none)
+        "/usr/local/bin/kube-apiserver", "/usr/local/bin/kube-controller-manager", "/usr/local/bin/kube-scheduler",
     }
     for c in inv.controllers:
-        assert {f.path for f in plans[c.name]} == expected  # the sample's binaries do not exist: none
+        assert {f.path for f in plans[c.name]} == expected
 
 
 def test_worker_file_set(inv, plans):
@@ -131,6 +135,19 @@ def test_secret_files_are_0600_and_everything_with_key_material_is_secret(plans)
 def test_ca_key_only_for_the_controller_manager(plans):
     ca_key = by_path(plans["controller-0"])["/etc/kubernetes/pki/ca.key"]
     assert ca_key.services == ("kube-controller-manager",)
+
+
+def test_no_node_holds_the_etcd_ca_key_and_only_controllers_hold_etcd_credentials(inv, state, plans):
+    etcd_ca_key = state.key("etcd-ca").read_bytes()
+    etcd_client_key = state.key("apiserver-etcd-client").read_bytes()
+    for n in inv.nodes:
+        got = contents(plans[n.name])
+        assert etcd_ca_key not in got, n.name
+        assert (etcd_client_key in got) == n.is_controller, n.name
+    paths = by_path(plans["controller-0"])
+    assert paths["/etc/etcd/ca.crt"].content == state.cert("etcd-ca").read_bytes()
+    assert paths["/etc/kubernetes/pki/etcd-ca.crt"].content == state.cert("etcd-ca").read_bytes()
+    assert paths["/etc/kubernetes/pki/apiserver-etcd-client.key"].services == ("kube-apiserver",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,9 +296,10 @@ def test_containerd_1x_gets_config_version_2(state):
     assert runc["options"]["SystemdCgroup"] is True
 
 
-def test_rbac_binds_the_apiserver_kubelet_client_cn(plans):
-    docs = list(yaml.safe_load_all(by_path(plans["controller-2"])["/etc/kubernetes/rbac/apiserver-to-kubelet.yaml"]
-                                   .content))
+def test_rbac_binds_the_apiserver_kubelet_client_cn(inv):
+    from hardway.chapters.control_plane.files import rbac_yaml
+
+    docs = list(yaml.safe_load_all(rbac_yaml(inv)))  # applied from the jumpbox with kubectl
     role, binding = docs
     assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == "system:kube-apiserver-to-kubelet"
     assert set(role["rules"][0]["resources"]) == {"nodes/proxy", "nodes/stats", "nodes/log", "nodes/spec",
@@ -328,3 +346,19 @@ def test_binaries_resolved_are_planned_unresolved_are_left_out(state, tmp_path):
     files = by_path(chapter_files(inv_b, "controller-0", state, "etcd", cache_dir=tmp_path / "cache"))
     assert files["/usr/local/bin/etcdctl"].source == cached
     assert "/usr/local/bin/etcdctl" not in by_path(chapter_files(inv_b, "controller-0", state, "etcd"))
+
+
+def test_the_load_balancer_gets_its_config_its_health_certificate_and_the_ca_only(inv, state, plans):
+    lb = inv.loadbalancers[0]
+    files = by_path(plans[lb.name])
+    assert set(files) == {"/etc/haproxy/kube-apiserver-lb.cfg", "/etc/haproxy/kube-apiserver-lb/ca.crt",
+                          "/etc/haproxy/kube-apiserver-lb/health.crt", "/etc/haproxy/kube-apiserver-lb/health.crt.key",
+                          "/etc/systemd/system/kube-apiserver-lb.service"}
+    assert files["/etc/haproxy/kube-apiserver-lb/ca.crt"].content == state.cert("ca").read_bytes()
+    assert files["/etc/haproxy/kube-apiserver-lb/health.crt.key"].mode == 0o600
+    keys = [f.path for f in files.values() if f.secret]
+    assert keys == ["/etc/haproxy/kube-apiserver-lb/health.crt.key"], "its own health-check key, nothing else"
+    config = files["/etc/haproxy/kube-apiserver-lb.cfg"].content.decode()
+    assert "bind :6443" in config and "mode tcp" in config and "option httpchk GET /readyz" in config
+    for c in inv.controllers:
+        assert f"server {c.name} {c.address}:6443" in config

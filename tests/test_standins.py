@@ -158,10 +158,10 @@ def start_etcd(inv, state, workdir: Path) -> tuple[subprocess.Popen, str]:
         f"--advertise-client-urls={url}", f"--listen-peer-urls=http://127.0.0.1:{peer}",
         f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}", f"--initial-cluster=t=http://127.0.0.1:{peer}",
         f"--cert-file={state.cert(member)}", f"--key-file={state.key(member)}",
-        f"--trusted-ca-file={state.cert('ca')}", "--client-cert-auth", "--logger=zap", "--log-outputs=stderr"],
+        f"--trusted-ca-file={state.cert('etcd-ca')}", "--client-cert-auth", "--logger=zap", "--log-outputs=stderr"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ctx = ssl.create_default_context(cafile=state.cert("ca"))
-    ctx.load_cert_chain(state.cert("kube-apiserver"), state.key("kube-apiserver"))
+    ctx = ssl.create_default_context(cafile=state.cert("etcd-ca"))
+    ctx.load_cert_chain(state.cert("apiserver-etcd-client"), state.key("apiserver-etcd-client"))
     for _ in range(100):
         try:
             req = urllib.request.Request(f"{url}/v3/maintenance/status", data=b"{}", method="POST")

@@ -133,8 +133,10 @@ def test_no_hand_placed_backslashes_in_unit_templates():
 def test_every_rendered_unit_passes_verify(inv, build, tmp_path):
     _, written = build
     units = [p for p in written if p.suffix == ".service"]
-    # etcd + 3 control-plane units per controller, 3 per worker, the pod-routes boot unit on every node
-    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers) + len(inv.controllers) + len(inv.workers)
+    # etcd + 3 control-plane units per controller, 3 per worker, the pod-routes boot unit on every controller
+    # and worker, HAProxy's on each load balancer
+    assert len(units) == 4 * len(inv.controllers) + 3 * len(inv.workers) + len(inv.controllers) + len(inv.workers) \
+        + len(inv.loadbalancers)
     assert lint_units(units) == []
     # The same verdict straight from systemd-analyze, on copies whose binary exists here.
     for unit in units:

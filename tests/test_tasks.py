@@ -47,8 +47,13 @@ BAD_FLAGS = {
     "bootstrap-etcd --timeout inf": "error: --timeout: 'inf' is not a positive number of seconds",
     "bootstrap-etcd --timeout 1e400": "error: --timeout: '1e400' is not a positive number of seconds",
     "bootstrap-etcd --timeout -5": "error: --timeout: '-5' is not a positive number of seconds",
+    # bootstrap-control-plane
+    "bootstrap-control-plane --timeout never": "error: --timeout: 'never' is not a positive number of seconds",
+    # kubeconfig.admin
+    "kubeconfig.admin --pki-dir PKI --out FILE/config": "error: Not a directory: FILE/config",
+    "kubeconfig.admin --out DIR/config": "error: kubeconfig admin needs ",
     # verify
-    "verify --chapter dns": "error: --chapter: 'dns' is not one of: pki, etcd",
+    "verify --chapter dns": "error: --chapter: 'dns' is not one of: pki, etcd, control-plane",
     "verify --json yes": "No idea what 'yes' is!",
     # rotate-certs
     "rotate-certs --dry-run --timeout 0": "error: --timeout: '0' is not a positive number of seconds",
@@ -75,6 +80,8 @@ BAD_FLAGS = {
     f"lab.up --nodes two {LAB}": "error: --nodes: 'two' is not a whole number",
     f"lab.up --nodes ² {LAB}": "error: --nodes: '²' is not a whole number",
     f"lab.up --workers -1 {LAB}": "error: --workers: '-1' is not a whole number",
+    f"lab.up --loadbalancers one {LAB}": "error: --loadbalancers: 'one' is not a whole number",
+    "lab.up --name zzflags --subnet 10.78.250.0/24 --loadbalancers 2": "error: 2 load balancers: the lab runs 0 or 1",
     f"lab.up --timeout never {LAB}": "error: --timeout: 'never' is not a positive number of seconds",
     f"lab.up --timeout nan {LAB}": "error: --timeout: 'nan' is not a positive number of seconds",
     f"lab.up --timeout 1e400 {LAB}": "error: --timeout: '1e400' is not a positive number of seconds",

@@ -10,6 +10,7 @@ its services and waits until they are healthy, how one of its services is restar
       -> push + follow-up      one exec per node: install changed files, the chapter's steps (routes,
                                live sysctls: commands computed from facts), daemon-reload, enable, start
       -> settle                wait healthy; restart running services whose files changed, rolling
+      -> finish                steps that need every service up (the control plane's RBAC)
       -> checks
 
 A chapter that changes more than files and services (pod routes, ``--fix``) returns ``Step``s from
@@ -28,7 +29,7 @@ from hardway import deploy, remote, services
 from hardway.checks import FAIL, Check, CheckResult, run_checks
 from hardway.deploy import PushPlan, PushReport
 from hardway.errors import HardwayError
-from hardway.facts import Fact, FactValues, FileStat, UnitState, gather, unit_states
+from hardway.facts import Fact, FactValues, FileStat, UnitState, concurrently, gather, unit_states
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.planner import Planner, files_for
@@ -67,6 +68,10 @@ class Context:
     adopt: bool = False  # replace foreign files at planned paths (keeping a backup)
     fix: bool = False  # persist what preflight found fixable (chapters that offer fixes: `--fix`)
     _files: dict[tuple[str, str], list[File]] = field(default_factory=dict, repr=False)
+    # node -> what the survey read from its disk (hashes, stats), while nothing was pushed there since:
+    # the checks that follow an apply need not hash the same files again
+    disk: dict[str, tuple[dict[str, str | None], dict[str, FileStat | None]]] = field(default_factory=dict,
+                                                                                      repr=False)
 
     def files(self, chapter: Chapter, node: Node) -> list[File]:
         """What ``chapter`` puts on ``node``; planned once per task (binaries are hashed once)."""
@@ -103,21 +108,30 @@ class ApplyReport:
     bytes_sent: int = 0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase: where the time went
     steps: dict[str, list[str]] = field(default_factory=dict)  # node -> what its Steps did
+    labels: dict[str, str] = field(default_factory=dict)  # unit -> how to show it ("kube-apiserver (stand-in)")
+    notes: list[str] = field(default_factory=list)  # what the chapter's finishing steps did (RBAC, ...)
 
     def summary(self) -> str:
         files = sum(len(v) for v in self.written.values())
         done = "".join(f"; {n}: {', '.join(v)}" for n, v in self.steps.items() if v)
+        notes = "".join(f"; {n}" for n in self.notes)
         if not files and not self.started and not self.restarted:
-            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts{done}" if not done else \
-                f"{self.chapter}: 0 files written, 0 restarts{done}"
+            return f"{self.chapter}: nothing changed: 0 files written, 0 restarts{done}{notes}" if not done else \
+                f"{self.chapter}: 0 files written, 0 restarts{done}{notes}"
 
         def units(d: dict[str, list[str]]) -> str:
-            return ", ".join(f"{' '.join(v)} on {n}" for n, v in d.items()) or "none"
+            return ", ".join(f"{' '.join(self.labels.get(u, u) for u in v)} on {n}" for n, v in d.items()) or "none"
 
         mb, push = self.bytes_sent / 1e6, self.phases.get("push", 0.0)
         sent = f" ({mb:.1f} MB at {mb / push:.0f} MB/s)" if mb >= 0.05 and push else ""
         return (f"{self.chapter}: {files} file(s) written on {sum(1 for v in self.written.values() if v)} "
-                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{done}")
+                f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{done}{notes}")
+
+
+def hashes_fact_of(survey: Survey) -> Fact | None:
+    """The survey's file-hashes fact (to reuse what it read), if it asked one."""
+    fact = deploy.disk_facts(survey.files)[0]
+    return fact if fact in survey.facts else None
 
 
 def first_failure(findings: Sequence[Finding]) -> HardwayError | None:
@@ -141,6 +155,7 @@ class Chapter:
     units: tuple[str, ...] = ()  # its services, in start and restart order
     binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
     no_block_start: bool = False  # Type=notify units that only come up together (etcd)
+    survey_at_once: bool = False  # run the survey's facts at the same time on a node (none measures latency)
     signatures: tuple[Signature, ...] = ()  # journal lines of its services that name a cause (verify, diagnose)
     fixable: bool = False  # its task takes --fix: preflight's fixable findings are repaired (Context.fix)
 
@@ -154,6 +169,14 @@ class Chapter:
 
     def plan_files(self, p: Planner) -> None:
         """Add the files ``p.node`` receives from this chapter."""
+
+    def node_units(self, node: Node) -> tuple[str, ...]:
+        """Which of ``units`` run on ``node`` (a chapter over nodes of several roles narrows it)."""
+        return self.units
+
+    def unit_label(self, inv: Inventory, unit: str) -> str:
+        """How progress lines and the summary name ``unit`` (a chapter marks its stand-ins here)."""
+        return unit
 
     # --- preflight: facts, then pure judgment -------------------------------------------------
 
@@ -182,8 +205,13 @@ class Chapter:
             ctx.progress(r.node, f"preflight {self.name}")
             files = planned[r.node.name]
             hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
-            states_fact = unit_states(self.units)
-            facts = gather(r, [*self.node_facts(ctx, r.node, files), *disk, states_fact])
+            states_fact = unit_states(self.node_units(r.node))
+            asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact]
+            if self.survey_at_once:
+                together = concurrently("survey", list({f.key: f for f in asked}.values()))
+                facts = FactValues(gather(r, [together])[together])
+            else:
+                facts = gather(r, asked)
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
             findings = self.judge(ctx, r.node, facts)
@@ -210,7 +238,8 @@ class Chapter:
 
     def follow_up(self, ctx: Context, survey: Survey, written: Sequence[str]) -> services.StartPlan:
         """What the node's units need once the push is in place (run in the push's own exec)."""
-        return services.plan_start(self.units, written, survey.files, survey.stats, survey.states, hold=survey.hold)
+        return services.plan_start(self.node_units(survey.node), written, survey.files, survey.stats, survey.states,
+                                   hold=survey.hold)
 
     def apply(self, ctx: Context) -> ApplyReport:
         t0 = time.monotonic()
@@ -237,6 +266,9 @@ class Chapter:
         if (err := first_failure(findings)) is not None:
             raise err
         by_name = {s.node.name: s for s in surveys}
+        for s in surveys:
+            if s.push.idle and hashes_fact_of(s) is not None:
+                ctx.disk[s.node.name] = (s.facts[hashes_fact_of(s)], s.stats)
         start_plans: dict[str, services.StartPlan] = {}
         steps = {s.node.name: self.node_steps(ctx, s) for s in surveys}
 
@@ -252,7 +284,7 @@ class Chapter:
             ctx.progress(r.node, f"pushed {len(report.written)} changed file(s)" if report.written
                          else "files up to date")
             if start.start:
-                ctx.progress(r.node, f"start {' '.join(start.start)}")
+                ctx.progress(r.node, f"start {' '.join(self.unit_label(ctx.inv, u) for u in start.start)}")
             return report
 
         pushed = remote.fan_out(ctx.inv, nodes, push, connector=ctx.connector)
@@ -266,11 +298,15 @@ class Chapter:
         started = {n: [*p.start, *p.hold] for n, p in start_plans.items() if p.start or p.hold}  # held: settle starts
         restarted = self.settle(ctx, nodes, start_plans)
         lap("settle")
+        notes = self.finish(ctx)
+        if notes:
+            lap("finish")
         results = self.verify(ctx)
         lap("checks")
         return ApplyReport(self.name, findings, written, started, restarted, results, time.monotonic() - t0,
                            sum(o.value.bytes_sent for o in pushed if o.value), phases,
-                           {n: [st.what for st in v] for n, v in steps.items() if v})
+                           steps={n: [st.what for st in v] for n, v in steps.items() if v},
+                           labels={u: self.unit_label(ctx.inv, u) for u in self.units}, notes=notes)
 
     def settle(self, ctx: Context, nodes: Sequence[Node], plans: dict[str, services.StartPlan]) -> dict[str, list[str]]:
         """Wait for what was started; then restart, one node at a time, what runs on old files."""
@@ -283,6 +319,11 @@ class Chapter:
                     self.restart(ctx, n, unit)
                     restarted.setdefault(n.name, []).append(unit)
         return restarted
+
+    def finish(self, ctx: Context) -> list[str]:
+        """Steps that need every service up, after settle and before the checks (the control plane's
+        RBAC); returns a line per step for the summary."""
+        return []
 
     def wait_healthy(self, ctx: Context, nodes: Sequence[Node], units: dict[str, Sequence[str]]) -> None:
         """Until every given unit on every given node is healthy (default: systemd says active)."""

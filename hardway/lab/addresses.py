@@ -23,12 +23,14 @@ DEFAULT_NAME = "lab"
 DEFAULT_SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
 DEFAULT_CONTROLLERS = 3
 DEFAULT_WORKERS = 2
+DEFAULT_LOADBALANCERS = 1  # lb-0: HAProxy in front of the apiservers (0 or 1: more would need a shared VIP)
 SERVICE_CIDR = ipaddress.IPv4Network("10.32.0.0/24")
 CLUSTER_CIDR = ipaddress.IPv4Network("10.200.0.0/16")
 # Subnets handed out by free_subnet() (tests, benchmarks): away from the default lab's.
 SCRATCH_POOL = ipaddress.IPv4Network("10.78.0.0/16")
 CONTROLLER_OFFSET = 10  # controller-i at .10+i
 WORKER_OFFSET = 20  # worker-i at .20+i
+LOADBALANCER_OFFSET = 5  # lb-0 at .5, the API endpoint
 MAX_CONTROLLERS = WORKER_OFFSET - CONTROLLER_OFFSET
 NODE_IFACE = "eth0"
 
@@ -114,6 +116,7 @@ class LabLayout:
     workers: int
     nodes: tuple[LabNode, ...]
     state_root: Path = STATE_ROOT
+    loadbalancers: int = 0
 
     @property
     def state_dir(self) -> Path:
@@ -179,7 +182,12 @@ class LabLayout:
 
     def record(self) -> dict[str, object]:
         return {"name": self.name, "subnet": str(self.subnet), "controllers": self.controllers,
-                "workers": self.workers}
+                "workers": self.workers, "loadbalancers": self.loadbalancers}
+
+    @property
+    def shape(self) -> str:
+        lbs = f" + {self.loadbalancers} load balancer" if self.loadbalancers else ""
+        return f"{self.controllers} controllers + {self.workers} workers{lbs}"
 
 
 def _node_name(node: LabNode | str) -> str:
@@ -192,8 +200,10 @@ def layout(
     workers: int = DEFAULT_WORKERS,
     subnet: str | ipaddress.IPv4Network = DEFAULT_SUBNET,
     state_root: Path = STATE_ROOT,
+    loadbalancers: int = DEFAULT_LOADBALANCERS,
 ) -> LabLayout:
-    """The address plan: controller-i at .10+i, worker-i at .20+i with pod_cidr 10.200.i.0/24."""
+    """The address plan: controller-i at .10+i, worker-i at .20+i with pod_cidr 10.200.i.0/24, and
+    the load balancer lb-0 at .5 (last in the node list, so the others keep their interface names)."""
     check_name(name)
     try:
         net = ipaddress.ip_network(str(subnet), strict=True)
@@ -210,6 +220,9 @@ def layout(
         raise HardwayError(f"{controllers} controllers: the lab takes 1 to {MAX_CONTROLLERS}")
     if workers < 0:
         raise HardwayError(f"{workers} workers: give 0 or more")
+    if loadbalancers not in (0, 1):
+        raise HardwayError(f"{loadbalancers} load balancers: the lab runs 0 or 1 (more would need a virtual IP "
+                           "they share)")
     max_workers = min(net.num_addresses - 1 - WORKER_OFFSET, 256, _MAX_NODES + 1 - MAX_CONTROLLERS)
     if workers > max_workers:
         raise HardwayError(
@@ -223,8 +236,10 @@ def layout(
     for i in range(workers):
         pod = ipaddress.IPv4Network(f"{CLUSTER_CIDR[0] + i * 256}/24")
         nodes.append(LabNode(f"worker-{i}", len(nodes), net[WORKER_OFFSET + i], ("worker",), pod))
+    for i in range(loadbalancers):
+        nodes.append(LabNode(f"lb-{i}", len(nodes), net[LOADBALANCER_OFFSET + i], ("loadbalancer",)))
     return LabLayout(name=name, subnet=net, controllers=controllers, workers=workers, nodes=tuple(nodes),
-                     state_root=state_root)
+                     state_root=state_root, loadbalancers=loadbalancers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +247,7 @@ def layout(
 
 
 def render_inventory(p: LabLayout) -> str:
-    """The lab's inventory YAML (deterministic: the default lab's is shipped as inventory/lab.yaml)."""
+    """The lab's inventory YAML (deterministic for a host: the default lab's is shipped as inventory/lab.yaml)."""
     lines = [
         f"# The local lab {p.name!r}, as `invoke lab.up` writes it (it rewrites this file: edit the lab's",
         "# flags, not this). Tasks use inventory/lab.yaml unless given --inventory or HARDWAY_INVENTORY.",
@@ -249,6 +264,9 @@ def render_inventory(p: LabLayout) -> str:
         f"  known_hosts: {p.known_hosts}",
         "",
         "# The nodes boot from the host's / with these hidden; hardway installs them into /usr/local/bin.",
+        "# No kube-apiserver, kube-controller-manager or kube-scheduler here: their stand-ins run",
+        "# (docs/stand-ins.md). Name the real ones (a path, or the kubernetes-server tarball's URL and",
+        "# sha256) and the same lab runs them; name kubectl to have it on the controllers too.",
         "binaries:",
         *[f"  {name}: {{path: {path}}}" for name, path in LAB_RUNTIME],
         "  etcd: {path: /usr/bin/etcd}",
@@ -260,6 +278,8 @@ def render_inventory(p: LabLayout) -> str:
     for n in p.nodes:
         roles = ", ".join(n.roles)
         extra = f", pod_cidr: {n.pod_cidr}" if n.pod_cidr else ""
+        if "loadbalancer" in n.roles:
+            lines.append("  # HAProxy (the host's Debian package) in front of the apiservers: the API endpoint")
         lines.append(f"  - {{name: {n.name}, address: {n.address}, roles: [{roles}]{extra}}}")
     return "\n".join(lines) + "\n"
 
@@ -314,7 +334,9 @@ def load_layout(name: str, state_root: Path = STATE_ROOT) -> LabLayout | None:
     path = state_root / check_name(name) / "lab.json"
     try:
         rec = json.loads(path.read_text())
-        return layout(rec["name"], int(rec["controllers"]), int(rec["workers"]), rec["subnet"], state_root)
+        # a lab recorded before it had a load balancer has none
+        return layout(rec["name"], int(rec["controllers"]), int(rec["workers"]), rec["subnet"], state_root,
+                      int(rec.get("loadbalancers", 0)))
     except (OSError, ValueError, KeyError, TypeError, HardwayError):
         return None
 

@@ -17,6 +17,7 @@ from hardway.errors import HardwayError
 from hardway.lab import cgroups, image, machine, node_status, probes
 from hardway.lab.addresses import (
     DEFAULT_CONTROLLERS,
+    DEFAULT_LOADBALANCERS,
     DEFAULT_NAME,
     DEFAULT_SUBNET,
     DEFAULT_WORKERS,
@@ -113,6 +114,7 @@ def up(
     workers: int | None = None,
     subnet: str | None = None,
     *,
+    loadbalancers: int | None = None,
     state_root: Path = STATE_ROOT,
     inventory_copy: Path | None = None,
     timeout: float | None = None,
@@ -121,8 +123,8 @@ def up(
     """Boot the lab (or finish booting it); return once every node's systemd is ``running`` and
     root logs in over strict SSH.
 
-    ``controllers``/``workers``/``subnet`` default to the recorded lab's, else 3, 2 and
-    10.77.0.0/24. On a running lab it reports and changes nothing; asking for another shape is an
+    ``controllers``/``workers``/``subnet``/``loadbalancers`` default to the recorded lab's, else 3, 2,
+    10.77.0.0/24 and 1. On a running lab it reports and changes nothing; asking for another shape is an
     error. Leftovers of a crashed run without a record are removed first. ``inventory_copy``: also
     write the inventory there (tasks.py: inventory/lab.yaml for the default lab).
     """
@@ -135,13 +137,15 @@ def up(
         workers if workers is not None else recorded.workers if recorded else DEFAULT_WORKERS,
         subnet or (recorded.subnet if recorded else DEFAULT_SUBNET),
         state_root,
+        loadbalancers if loadbalancers is not None else recorded.loadbalancers if recorded else DEFAULT_LOADBALANCERS,
     )
     with _locked(requested):
         p = load_layout(name, state_root)
         if p is not None:
-            if (p.controllers, p.workers, p.subnet) != (requested.controllers, requested.workers, requested.subnet):
+            if (p.controllers, p.workers, p.subnet, p.loadbalancers) != (
+                    requested.controllers, requested.workers, requested.subnet, requested.loadbalancers):
                 raise HardwayError(
-                    f"lab {name!r} exists with {p.controllers} controllers + {p.workers} workers on {p.subnet}; "
+                    f"lab {name!r} exists with {p.shape} on {p.subnet}; "
                     f"`invoke lab.down --name {name}` first to change it"
                 )
         else:
@@ -181,7 +185,7 @@ def up(
                 list(pool.map(lambda node: machine.start(p, node), todo))
             machine.wait_ready(p, list(p.nodes), wait)
             report(f"lab {name}: {len(p.nodes)} nodes running in {time.monotonic() - started:.1f} s "
-                   f"({p.controllers} controllers + {p.workers} workers on {p.subnet}; jumpbox {p.gateway} on "
+                   f"({p.shape} on {p.subnet}; jumpbox {p.gateway} on "
                    f"{p.bridge}); inventory {inventory_copy or p.inventory_path}")
             return Lab(p)
         except HardwayError:

@@ -16,7 +16,8 @@ from pathlib import Path
 from hardway.errors import HardwayError
 from hardway.lab.addresses import SCRATCH_POOL, LabLayout, link_pattern, owned_by, recorded_labs
 
-PACKAGES = ("systemd-container", "openssh-server", "etcd-server", "etcd-client", "iproute2")
+PACKAGES = ("systemd-container", "openssh-server", "etcd-server", "etcd-client", "iproute2",
+            "haproxy")  # the load balancer node runs the host's HAProxy
 
 Report = Callable[[str], None]
 

@@ -1,13 +1,17 @@
-"""The cluster PKI: one CA, the certificates of FIELD-NOTES' table, and why each is kept or reissued.
+"""The cluster PKI: two CAs, the certificates of FIELD-NOTES' table, and why each is kept or reissued.
 
-``catalogue(inv)`` says what every certificate must be; ``ensure_certificates`` makes the state
-directory match it: an existing certificate that still fits is kept byte for byte (its file is not
-touched), one that drifted is reissued (reusing its key when the key type still fits) with the
-reasons printed, a missing one is issued. ``check`` reports without writing. Both read the same
-``assess``ment, so they always agree.
+``catalogue(inv)`` says what every certificate must be and which CA signs it (the cluster CA signs
+every Kubernetes identity, the etcd CA signs etcd's members and the apiserver's etcd client);
+``ensure_certificates`` makes the state directory match it: an existing certificate that still fits
+is kept byte for byte (its file is not touched), one that drifted is reissued (reusing its key when
+the key type still fits) with the reasons printed, a missing one is issued. ``check`` reports
+without writing. Both read the same ``assess``ment, so they always agree.
 
-The CA is never replaced silently: a missing, broken, drifted or expiring CA is an error that names
-``--rotate-ca``, because a new CA means every certificate on every node must be replaced.
+A CA is never replaced silently: a missing, broken, drifted or expiring CA is an error that names
+``--rotate-ca``, because a new CA means every certificate it signed must be replaced on every node.
+The one exception is a CA no certificate was signed by yet (the etcd CA of a cluster made before it
+existed): it is issued, and the certificates it now signs are reissued (``invoke rotate-certs`` then
+moves etcd over without downtime).
 """
 
 from __future__ import annotations
@@ -18,12 +22,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from hardway import localfs
 from hardway.errors import HardwayError
 from hardway.inventory import Inventory
 from hardway.pki.assess import CERT_MODE, KEY_MODE, Assessment, assess, reasons_for
-from hardway.pki.catalogue import CA_NAME, SERVICE_ACCOUNTS, CertSpec, catalogue, spec_for
+from hardway.pki.catalogue import (
+    APISERVER_ETCD_CLIENT,
+    CA_NAME,
+    CA_NAMES,
+    ETCD_CA_NAME,
+    SERVICE_ACCOUNTS,
+    CertSpec,
+    cas,
+    catalogue,
+    spec_for,
+)
 from hardway.pki.keys import (
     PrivateKey,
     cert_pem,
@@ -40,10 +55,10 @@ from hardway.state import PkiState
 from hardway.table import format_table
 
 __all__ = [
-    "CA_NAME", "CERT_MODE", "KEY_MODE", "SERVICE_ACCOUNTS", "CertSpec", "CertStatus", "Generated", "catalogue",
-    "cert_pem", "check", "ensure_certificates", "format_check_table", "format_outcomes", "has_problems", "issue",
-    "key_algorithm_of", "key_pem", "new_key", "public_key_pem", "read_cert", "read_key", "reasons_for",
-    "spec_for",
+    "APISERVER_ETCD_CLIENT", "CA_NAME", "CA_NAMES", "CERT_MODE", "ETCD_CA_NAME", "KEY_MODE", "SERVICE_ACCOUNTS",
+    "CertSpec", "CertStatus", "Generated", "cas", "catalogue", "cert_pem", "check", "ensure_certificates",
+    "format_check_table", "format_outcomes", "has_problems", "issue", "key_algorithm_of", "key_pem", "new_key",
+    "public_key_pem", "read_cert", "read_key", "reasons_for", "spec_for",
 ]
 
 
@@ -91,31 +106,42 @@ def _now(now: datetime | None) -> datetime:
     return now.astimezone(UTC)
 
 
-def _leaf_files(state: PkiState) -> list[Path]:
-    if not state.root.is_dir():
-        return []
-    return sorted(p for p in state.root.iterdir()
-                  if p.suffix in (".crt", ".key") and p.stem != CA_NAME and p.is_file())
+def _signed_leaves(state: PkiState, ca: CertSpec, specs: Sequence[CertSpec]) -> list[Path]:
+    """Certificates in the state dir that ``ca`` signed (by issuer name), or that cannot be read.
+
+    A certificate of another CA does not count: the etcd member certificates of a cluster made
+    before it had an etcd CA were signed by the cluster CA, and do not stop the etcd CA's issue."""
+    name = x509.Name(([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.organization)] if ca.organization else [])
+                     + [x509.NameAttribute(NameOID.COMMON_NAME, ca.common_name)])
+    found = []
+    for spec in specs:
+        path = state.cert(spec.name)
+        if spec.is_ca or spec.issuer != ca.name or not path.exists():
+            continue
+        cert = read_cert(path)
+        if cert is None or cert.issuer == name:
+            found.append(path)
+    return found
 
 
-ROTATE_HINT = ("pass --rotate-ca to issue a new CA (every certificate is then reissued and must be "
+ROTATE_HINT = ("pass --rotate-ca to issue new CAs (every certificate is then reissued and must be "
                "redistributed to every node)")
 
 
-def _decide_ca(inv: Inventory, state: PkiState, now: datetime, renew_within: timedelta,
-               rotate_ca: bool) -> _Decision:
-    spec = catalogue(inv)[0]
-    crt_path, key_path = state.cert(CA_NAME), state.key(CA_NAME)
+def _decide_ca(inv: Inventory, state: PkiState, spec: CertSpec, specs: Sequence[CertSpec], now: datetime,
+               renew_within: timedelta, rotate_ca: bool) -> _Decision:
+    name = spec.name
+    crt_path, key_path = state.cert(name), state.key(name)
     if rotate_ca:
         why = "rotated on request (--rotate-ca): every certificate is reissued and must be redistributed"
         return _Decision(spec, "reissued" if crt_path.exists() else "issued", (why,),
                          new_key(inv.key_algorithm), write_key=True)
     if not crt_path.exists():
-        leaves = _leaf_files(state)
+        leaves = _signed_leaves(state, spec, specs)
         if leaves:
             raise HardwayError(
-                f"{crt_path} is missing but {len(leaves)} certificate/key files signed by a CA exist in "
-                f"{state.root} (e.g. {leaves[0].name}): restore ca.crt and ca.key from a backup, "
+                f"{crt_path} is missing but {len(leaves)} certificate(s) signed by it exist in "
+                f"{state.root} (e.g. {leaves[0].name}): restore {name}.crt and {name}.key from a backup, "
                 f"or {ROTATE_HINT}"
             )
         key = read_key(key_path) if key_path.exists() else None
@@ -128,7 +154,7 @@ def _decide_ca(inv: Inventory, state: PkiState, now: datetime, renew_within: tim
     if not key_path.exists():
         raise HardwayError(
             f"{crt_path} exists but its key {key_path} is missing, so no certificate can be signed: "
-            f"restore ca.key from a backup, or {ROTATE_HINT}"
+            f"restore {name}.key from a backup, or {ROTATE_HINT}"
         )
     key = read_key(key_path)
     if key is None:
@@ -149,7 +175,8 @@ def ensure_certificates(inv: Inventory, state: PkiState, *, now: datetime | None
                         only: Collection[str] | None = None) -> list[Generated]:
     """Issue missing certificates, reissue drifted ones, keep the rest untouched (byte for byte).
 
-    ``only`` limits the leaf certificates considered (the CA is always checked). Everything is
+    ``only`` limits the leaf certificates considered (the cluster CA is always checked, another CA
+    when one of them is its). Everything is
     decided and signed in memory first; files are written only once nothing can fail but I/O.
     """
     now = _now(now)
@@ -164,13 +191,21 @@ def ensure_certificates(inv: Inventory, state: PkiState, *, now: datetime | None
             raise HardwayError("--rotate-ca reissues every certificate; it cannot be limited to some of them")
     state.ensure_root()
 
-    ca = _decide_ca(inv, state, now, renew_within, rotate_ca)
-    if ca.cert is None:
-        ca.cert = issue(ca.spec, ca.key, inv, now)
-    decisions = [ca]
-    for spec in specs[1:]:
-        if only is not None and spec.name not in only:
+    # The cluster CA is always checked; another CA when a certificate it signs is considered.
+    wanted_cas = {CA_NAME} | {s.issuer for s in specs if only is None or s.name in only}
+    authorities: dict[str, _Decision] = {}
+    for spec in cas(specs):
+        if spec.name not in wanted_cas:
             continue
+        ca = _decide_ca(inv, state, spec, specs, now, renew_within, rotate_ca)
+        if ca.cert is None:
+            ca.cert = issue(ca.spec, ca.key, inv, now)
+        authorities[spec.name] = ca
+    decisions = list(authorities.values())
+    for spec in specs:
+        if spec.is_ca or (only is not None and spec.name not in only):
+            continue
+        ca = authorities[spec.issuer]
         a = assess(spec, state, ca.cert, inv, now, renew_within)
         if not a.reasons:
             assert a.cert is not None and a.key is not None
@@ -182,8 +217,10 @@ def ensure_certificates(inv: Inventory, state: PkiState, *, now: datetime | None
                                    write_key=not reuse, cert=issue(spec, key, inv, now, ca.cert, ca.key)))
 
     outcomes: list[Generated] = []
-    if rotate_ca and state.cert(CA_NAME).exists():
-        _keep_previous_ca(state)
+    if rotate_ca:
+        for name in authorities:
+            if state.cert(name).exists():
+                _keep_previous_ca(state, name)
     for d in decisions:
         assert d.cert is not None
         reasons = d.reasons
@@ -200,14 +237,14 @@ def ensure_certificates(inv: Inventory, state: PkiState, *, now: datetime | None
     return outcomes
 
 
-def _keep_previous_ca(state: PkiState) -> None:
-    """Before --rotate-ca overwrites the CA, keep the old pair as ca.prev.* (key 0600).
+def _keep_previous_ca(state: PkiState, name: str) -> None:
+    """Before --rotate-ca overwrites a CA, keep the old pair as <name>.prev.* (key 0600).
 
     Nodes still trust the old CA until they receive the new one, and a run interrupted between
     writing ca.key and ca.crt must be recoverable from something hardway itself kept.
     """
-    for src, dst, mode in ((state.key(CA_NAME), state.key(f"{CA_NAME}.prev"), KEY_MODE),
-                           (state.cert(CA_NAME), state.cert(f"{CA_NAME}.prev"), CERT_MODE)):
+    for src, dst, mode in ((state.key(name), state.key(f"{name}.prev"), KEY_MODE),
+                           (state.cert(name), state.cert(f"{name}.prev"), CERT_MODE)):
         if src.exists():
             localfs.write_atomic(dst, src.read_bytes(), mode)
 
@@ -246,16 +283,19 @@ class CertStatus:
 def _status(a: Assessment, state: PkiState, now: datetime) -> CertStatus:
     expires = a.cert.not_valid_after_utc if a.cert is not None else None
     return CertStatus(a.spec.name, state.cert(a.spec.name), expires, expires - now if expires else None,
-                      "-" if a.spec.is_ca else CA_NAME, a.problems)
+                      "-" if a.spec.is_ca else a.spec.issuer, a.problems)
 
 
 def check(inv: Inventory, state: PkiState, *, now: datetime | None = None,
           renew_within: timedelta | None = None) -> list[CertStatus]:
-    """Every certificate's expiry and drift, read-only: the assessment ensure_certificates acts on."""
+    """Every certificate's expiry and drift (each CA a row of its own), read-only: the assessment
+    ensure_certificates acts on."""
     now = _now(now)
     renew_within = timedelta(days=inv.renew_within_days) if renew_within is None else renew_within
-    ca_cert = read_cert(state.cert(CA_NAME))
-    return [_status(assess(spec, state, ca_cert, inv, now, renew_within), state, now) for spec in catalogue(inv)]
+    specs = catalogue(inv)
+    ca_certs = {spec.name: read_cert(state.cert(spec.name)) for spec in cas(specs)}
+    return [_status(assess(spec, state, ca_certs[spec.issuer], inv, now, renew_within), state, now)
+            for spec in specs]
 
 
 def has_problems(statuses: Sequence[CertStatus]) -> bool:

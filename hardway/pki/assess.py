@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hardway.inventory import Inventory
-from hardway.pki.catalogue import SERVICE_ACCOUNTS, CertSpec, eku_label
+from hardway.pki.catalogue import CA_NAME, SERVICE_ACCOUNTS, CertSpec, eku_label
 from hardway.pki.keys import (
     BACKDATE,
     PrivateKey,
@@ -64,6 +64,11 @@ def _signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     return True
 
 
+def issuer_label(issuer: str) -> str:
+    """How reports name a CA: "CA" for the cluster's, "etcd CA" for etcd's ("etcd-ca" -> "etcd CA")."""
+    return "CA" if issuer == CA_NAME else issuer.removesuffix("-ca") + " CA"
+
+
 def _day(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d")
 
@@ -112,7 +117,7 @@ def reasons_for(spec: CertSpec, cert: x509.Certificate | None, key: PrivateKey |
     if ca_cert is None:
         reasons.append("no CA to check the signature against")
     elif not _signed_by(cert, ca_cert):
-        reasons.append("not self-signed" if spec.is_ca else "not signed by the current CA")
+        reasons.append("not self-signed" if spec.is_ca else f"not signed by the current {issuer_label(spec.issuer)}")
     not_after = cert.not_valid_after_utc
     if not_after <= now:
         reasons.append(f"expired {_day(not_after)}")

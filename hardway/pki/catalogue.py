@@ -1,6 +1,8 @@
 """What every certificate of the cluster must be: FIELD-NOTES' table as data.
 
-``catalogue(inv)`` lists them, CA first, named as in hardway/state.py; ``spec_for`` finds one.
+``catalogue(inv)`` lists them, CAs first, named as in hardway/state.py; ``spec_for`` finds one.
+Which CA signs a certificate is data (``CertSpec.issuer``): the cluster CA signs every Kubernetes
+identity; etcd has a CA of its own, so that no certificate a worker holds is accepted by etcd.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from hardway.state import etcd_cert_name, kubelet_cert_name
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CA_NAME = "ca"
+ETCD_CA_NAME = "etcd-ca"
+CA_NAMES = (CA_NAME, ETCD_CA_NAME)
 SERVICE_ACCOUNTS = "service-accounts"
+APISERVER_ETCD_CLIENT = "apiserver-etcd-client"
+LOADBALANCER = "kube-apiserver-lb"
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class CertSpec:
     client: bool = False
     server: bool = False
     is_ca: bool = False
+    issuer: str = CA_NAME  # the CA that signs it (a CA names itself: self-signed)
 
     @property
     def sans(self) -> tuple[tuple[str, str], ...]:
@@ -64,18 +71,22 @@ def _split_sans(entries: Iterable[str | IPAddress]) -> tuple[tuple[str, ...], tu
 
 
 def _leaf(name: str, cn: str, o: str | None, purpose: str, sans: Iterable[str | IPAddress] = (),
-          client: bool = False, server: bool = False) -> CertSpec:
+          client: bool = False, server: bool = False, issuer: str = CA_NAME) -> CertSpec:
     dns, ips = _split_sans(sans)
     return CertSpec(name=name, common_name=cn, organization=o, purpose=purpose, dns_names=dns,
-                    ip_addresses=ips, client=client, server=server)
+                    ip_addresses=ips, client=client, server=server, issuer=issuer)
 
 
 def catalogue(inv: Inventory) -> list[CertSpec]:
-    """Every certificate the cluster needs, CA first, named as in hardway/state.py."""
+    """Every certificate the cluster needs, CAs first, named as in hardway/state.py."""
     loopback = ipaddress.ip_address("127.0.0.1")
     extra = inv.extra_sans
-    specs = [CertSpec(name=CA_NAME, common_name=inv.cluster_name, organization=None, is_ca=True,
-                      purpose="signs every other certificate; every component trusts it")]
+    specs = [CertSpec(name=CA_NAME, common_name=inv.cluster_name, organization=None, is_ca=True, issuer=CA_NAME,
+                      purpose="signs every Kubernetes identity; the apiserver, kubelets and kubectl trust it"),
+             # O names the cluster: a CN of "<cluster>-etcd" could pass X.509's 64 characters
+             CertSpec(name=ETCD_CA_NAME, common_name="etcd-ca", organization=inv.cluster_name, is_ca=True,
+                      issuer=ETCD_CA_NAME,
+                      purpose="signs etcd's members and the apiserver's etcd client; etcd trusts only it")]
     specs.append(_leaf("admin", "admin", "system:masters", client=True,
                        purpose="kubectl as cluster admin (group system:masters)"))
     for w in inv.workers:
@@ -94,17 +105,23 @@ def catalogue(inv: Inventory) -> list[CertSpec]:
     domain_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
                     "kubernetes.default.svc.cluster", f"kubernetes.default.svc.{inv.cluster_domain}"]
     specs.append(_leaf(
-        "kube-apiserver", "kubernetes", None, client=True, server=True,
+        "kube-apiserver", "kubernetes", None, server=True,
         sans=[inv.service_ip, loopback, *(c.address for c in inv.controllers), api.address,
               *([api.hostname] if api.hostname else []), *domain_names,
               *extra.get("kube-apiserver", ())],
-        purpose="the apiserver's serving cert (every address clients dial) and its etcd client cert",
+        purpose="the apiserver's serving cert: every address clients dial",
     ))
     specs.append(_leaf("apiserver-kubelet-client", "kubernetes", None, client=True,
                        purpose="the apiserver calling kubelets (logs, exec); RBAC user `kubernetes`"))
+    if inv.loadbalancers:
+        specs.append(_leaf(LOADBALANCER, "hardway:kube-apiserver-lb", None, client=True,
+                           purpose="HAProxy's health checks of each apiserver's /readyz; bound to no role, so it "
+                                   "reads only the health endpoints every authenticated user may"))
+    specs.append(_leaf(APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", None, client=True, issuer=ETCD_CA_NAME,
+                       purpose="the apiserver's client cert to etcd (from the etcd CA: nothing else etcd accepts)"))
     for c in inv.controllers:
         specs.append(_leaf(
-            etcd_cert_name(c), c.name, None, client=True, server=True,
+            etcd_cert_name(c), c.name, None, client=True, server=True, issuer=ETCD_CA_NAME,
             sans=[c.address, loopback, c.name, "localhost", *extra.get("etcd", ())],
             purpose=f"etcd member {c.name}: serving clients and peers, and dialing its peers",
         ))
@@ -112,6 +129,11 @@ def catalogue(inv: Inventory) -> list[CertSpec]:
                        purpose="its key pair signs (apiserver) and verifies service-account tokens; "
                                "service-accounts.pub is the public half"))
     return specs
+
+
+def cas(specs: Iterable[CertSpec]) -> list[CertSpec]:
+    """The CAs among ``specs``, in catalogue order."""
+    return [s for s in specs if s.is_ca]
 
 
 def spec_for(inv: Inventory, name: str) -> CertSpec:

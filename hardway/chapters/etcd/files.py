@@ -6,6 +6,7 @@ import shlex
 
 from hardway.inventory import Inventory, Node
 from hardway.paths import BIN, ETCD_DIR, unit_file
+from hardway.pki.catalogue import ETCD_CA_NAME
 from hardway.planner import Planner
 from hardway.state import etcd_cert_name
 
@@ -51,7 +52,7 @@ def plan_files(p: Planner) -> None:
         p.binary(BIN, name, svc)
     p.binary(BIN, "etcdutl", ())  # only if the inventory has it: etcd 3.5+ restores snapshots with it
     member = etcd_cert_name(p.node)
-    p.pki(CA, p.state.cert("ca"), svc)
+    p.pki(CA, p.state.cert(ETCD_CA_NAME), svc)  # etcd's own CA: it trusts nothing the cluster CA signed
     p.pki(CERT, p.state.cert(member), svc)
     p.pki(KEY, p.state.key(member), svc, secret=True)
     p.unit(UNIT, etcd_argv(p.inv, p.node))
