@@ -2,7 +2,7 @@
 
 Every task's flags are covered. invoke itself answers for flags it cannot parse (an unknown flag, a
 missing value, a value after a boolean flag): its own one line, exit 1. The lab cases carry a
-private, never-booted lab name and, where the flag under test is checked in tasks.py, also a
+private, never-booted lab name and, where the flag under test is checked in tasks/, also a
 public subnet, which lab.up refuses before it starts anything: a broken flag check can then never
 boot a lab from this test.
 """

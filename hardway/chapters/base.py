@@ -151,7 +151,7 @@ class Chapter:
     title: str = ""
     summary: str = ""  # two or three sentences: what this chapter is for
     task: str = ""  # the invoke task that applies it, named in hints
-    applied_by_task: bool = False  # tasks.py makes `invoke <task>` run ``apply`` (node chapters)
+    applied_by_task: bool = False  # tasks/chapters.py makes `invoke <task>` run ``apply`` (node chapters)
     units: tuple[str, ...] = ()  # its services, in start and restart order
     binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
     no_block_start: bool = False  # Type=notify units that only come up together (etcd)

@@ -126,7 +126,7 @@ def up(
     ``controllers``/``workers``/``subnet``/``loadbalancers`` default to the recorded lab's, else 3, 2,
     10.77.0.0/24 and 1. On a running lab it reports and changes nothing; asking for another shape is an
     error. Leftovers of a crashed run without a record are removed first. ``inventory_copy``: also
-    write the inventory there (tasks.py: inventory/lab.yaml for the default lab).
+    write the inventory there (tasks/lab.py: inventory/lab.yaml for the default lab).
     """
     check_name(name)
     probes.preflight(report)
