@@ -128,6 +128,16 @@ class ApplyReport:
                 f"node(s){sent}, started {units(self.started)}, restarted {units(self.restarted)}{done}{notes}")
 
 
+def restart_unit(ctx: Context, node: Node, unit: str, shown: str | None = None) -> None:
+    """``systemctl restart unit`` on one node, said as ``shown`` (e.g. "kube-apiserver (stand-in)")."""
+    r = ctx.connector(ctx.inv, node)
+    try:
+        ctx.progress(node, f"restart {shown or unit}")
+        services.systemctl(r, "restart", unit, timeout=int(ctx.timeout))
+    finally:
+        r.close()
+
+
 def hashes_fact_of(survey: Survey) -> Fact | None:
     """The survey's file-hashes fact (to reuse what it read), if it asked one."""
     fact = deploy.disk_facts(survey.files)[0]
@@ -337,12 +347,7 @@ class Chapter:
 
     def restart(self, ctx: Context, node: Node, unit: str) -> None:
         """Restart one of this chapter's units on one node and wait until it is healthy again."""
-        r = ctx.connector(ctx.inv, node)
-        try:
-            ctx.progress(node, f"restart {unit}")
-            services.systemctl(r, "restart", unit, timeout=int(ctx.timeout))
-        finally:
-            r.close()
+        restart_unit(ctx, node, unit)
         self.wait_healthy(ctx, [node], {node.name: [unit]})
 
     # --- reset (day 2) ---------------------------------------------------------------------------

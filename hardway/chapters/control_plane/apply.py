@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from hardway import remote, services
-from hardway.chapters.base import Context
+from hardway.chapters.base import Context, restart_unit
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane import probes
 from hardway.chapters.control_plane.files import (
@@ -118,12 +118,7 @@ def restart_apiserver(ctx: Context, node: Node) -> None:
         return taken
 
     drained = [o.node for o in _on_balancers(ctx, out) if o.value] if ctx.inv.loadbalancers else []
-    r = ctx.connector(ctx.inv, node)
-    try:
-        ctx.progress(node, f"restart {shown}")
-        services.systemctl(r, "restart", APISERVER, timeout=int(ctx.timeout))
-    finally:
-        r.close()
+    restart_unit(ctx, node, APISERVER, shown)
     try:
         wait_healthy(ctx, [node], {node.name: [APISERVER]})
     except HardwayError as exc:
