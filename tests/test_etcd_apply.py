@@ -186,3 +186,24 @@ def test_a_packaged_etcd_unit_in_the_way_is_named_not_replaced(lab_like) -> None
     report = apply(inv, state, cluster, adopt=True)
     assert UNIT_PATH in report.written["controller-1"]
     assert any(p.startswith(f"{UNIT_PATH}.hardway-orig-") for p in cluster["controller-1"].files)
+
+
+def test_verify_asks_each_member_once_unless_a_hand_edit_names_more_files(lab_like) -> None:
+    """The files the rendered unit names (the data dir) are asked in the one gather; a hand-edited unit
+    naming another file costs a second round trip, and that file, missing, is named."""
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    ctx = Context(inv, state, connector=cluster.connector, progress=QUIET)
+    for node in cluster.nodes.values():
+        node.asked.clear()
+    assert not [r for r in ETCD.verify(ctx) if r.status == "fail"]
+    assert {name: node.asked.count("file_stats") for name, node in cluster.nodes.items()} == {
+        c.name: 1 for c in inv.controllers}
+    c0 = cluster.nodes[inv.controllers[0].name]
+    unit = c0.files[UNIT_PATH]
+    unit.data = unit.data.replace(b"--data-dir=", b"--wal-dir=/var/lib/etcd-wal \\\n  --data-dir=")
+    c0.asked.clear()
+    fails = [r for r in ETCD.verify(ctx) if r.status == "fail" and r.node == inv.controllers[0].name]
+    assert c0.asked.count("file_stats") == 2
+    assert any("references /var/lib/etcd-wal, which does not exist" in r.detail for r in fails), fails

@@ -62,10 +62,18 @@ class MemberFacts:
     write: tuple[bool, str] = (False, "")
 
 
+def referenced_paths(unit_text: str) -> set[str]:
+    """The absolute paths a unit's ExecStart names (``--data-dir=/var/lib/etcd`` -> /var/lib/etcd)."""
+    return {w.split("=", 1)[-1] for w in exec_words(unit_text) if w.split("=", 1)[-1].startswith("/") and "," not in w}
+
+
 def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
-    """Everything verify needs from one member, in one round trip (plus one if the unit names extra files)."""
+    """Everything verify needs from one member, in one round trip (plus one if a hand-edited unit names files
+    the rendered one does not: what the rendered unit names is asked in the first)."""
     paths = [x.path for x in files]
-    hashes, stats = file_hashes(paths, stamps(files)), file_stats(paths)
+    unit = next((x for x in files if x.path == UNIT_PATH), None)
+    rendered_refs = referenced_paths(unit.data().decode()) if unit is not None else set()
+    hashes, stats = file_hashes(paths, stamps(files)), file_stats(sorted(set(paths) | rendered_refs))
     lint, journal, fsync = unit_lint([UNIT_PATH]), journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir)
     put = write(inv, r.node)
     # everything but the disk probe at once (etcdctl calls mostly wait on the network), then the probe
@@ -74,14 +82,15 @@ def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
                parallel=True).merged(gather(r, [fsync], timeout=60))
     f = MemberFacts(cluster.view_from(inv, r.node, v))
     f.hashes = v[hashes]
-    f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items()}
+    f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items() if p in paths}
     f.lint = "\n".join(line for line in v[lint].splitlines() if "etcd" in line)
     f.journal, f.fsync_p99_ms, f.write = v[journal], v[fsync], v[put]
-    referenced = sorted({w.split("=", 1)[-1] for w in exec_words(v[UNIT_TEXT])
-                         if w.split("=", 1)[-1].startswith("/") and "," not in w} - set(paths))
-    if referenced:  # a hand-edited unit naming files hardway does not plan
-        found = gather(r, [file_stats(referenced)])[file_stats(referenced)]
-        f.referenced = {p: found[p] is not None for p in referenced}
+    referenced = referenced_paths(v[UNIT_TEXT]) - set(paths)
+    known = {p: v[stats][p] is not None for p in referenced & rendered_refs}
+    if extra := sorted(referenced - rendered_refs):  # a hand-edited unit naming files the render does not
+        found = gather(r, [file_stats(extra)])[file_stats(extra)]
+        known |= {p: found[p] is not None for p in extra}
+    f.referenced = known
     for p in paths:  # planned files are judged by hashes/modes; record them as referenced-present too
         if f.files.get(p) is not None:
             f.referenced.setdefault(p, True)
