@@ -36,12 +36,14 @@ class FactOutput:
 
 @dataclass(frozen=True, eq=False)
 class Fact(Generic[T]):
-    """``name``: what is asked (the fake answers by it); ``args``: about what (paths, a unit)."""
+    """``name``: what is asked (the fake answers by it); ``args``: about what (paths, a unit); ``alone``: a
+    measurement that other work would disturb (the fsync probe): a parallel gather runs it after the rest."""
 
     name: str
     shell: str
     parse: Callable[[FactOutput], T] = field(repr=False)
     args: tuple[Any, ...] = ()
+    alone: bool = False
 
     @property
     def key(self) -> str:

@@ -112,16 +112,20 @@ def sections_script(sections: dict[str, str]) -> str:
                      for key, cmd in sections.items())
 
 
-def parallel_sections_script(sections: dict[str, str]) -> str:
+def parallel_sections_script(sections: dict[str, str], alone: Sequence[str] = ()) -> str:
     """``sections_script``, but every section runs at once, each into its own file in a private temp
     dir; the outputs are then printed in order with the same markers (so one parser reads both).
-    For commands that mostly wait (etcdctl: a process start and a TLS handshake each), never for
-    measurements that other work would disturb (the fsync probe)."""
-    run = [f"{{ ( {cmd.rstrip('; ')}\n) >\"$d/{i}\" 2>&1; echo $? >\"$d/{i}.rc\"; }} &"
-           for i, cmd in enumerate(sections.values())]
+    For commands that mostly wait (etcdctl: a process start and a TLS handshake each). The sections
+    named in ``alone`` (measurements that other work would disturb: the fsync probe) run after the
+    others have finished, one at a time, still in this one exec."""
+    def save(i: int, cmd: str) -> str:
+        return f"( {cmd.rstrip('; ')}\n) >\"$d/{i}\" 2>&1; echo $? >\"$d/{i}.rc\""
+
+    run = [f"{{ {save(i, cmd)}; }} &" for i, (key, cmd) in enumerate(sections.items()) if key not in alone]
+    after = [save(i, cmd) for i, (key, cmd) in enumerate(sections.items()) if key in alone]
     show = [f"echo '{_MARK} {key}'; cat \"$d/{i}\"; printf '\\n{_MARK} rc %d\\n' \"$(cat \"$d/{i}.rc\")\""
             for i, key in enumerate(sections)]
-    return "\n".join(["d=$(mktemp -d)", "trap 'rm -rf \"$d\"' EXIT", *run, "wait", *show])
+    return "\n".join(["d=$(mktemp -d)", "trap 'rm -rf \"$d\"' EXIT", *run, "wait", *after, *show])
 
 
 def parse_sections(out: str, keys: Sequence[str]) -> dict[str, FactOutput]:
@@ -196,7 +200,8 @@ class SSHRemote:
                ) -> dict[str, FactOutput]:
         # Every exec is a round trip and a session on the node: facts travel together.
         sections = {f.key: f.shell for f in facts}
-        script = parallel_sections_script(sections) if parallel else sections_script(sections)
+        alone = [f.key for f in facts if f.alone]
+        script = parallel_sections_script(sections, alone) if parallel else sections_script(sections)
         out = self.run(script, check=False, timeout=timeout).stdout
         return parse_sections(out, list(sections))
 

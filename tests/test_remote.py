@@ -116,6 +116,24 @@ def test_one_gather_separates_outputs_and_exit_codes_in_one_exec() -> None:
     assert out["empty"].stdout == "" and out["empty"].ok
 
 
+def test_a_parallel_gather_runs_alone_facts_after_the_rest_in_the_same_exec(tmp_path: Path) -> None:
+    shell = LocalShell()
+    calls: list[str] = []
+    run = shell.run
+    shell.run = lambda command, **kw: calls.append(command) or run(command, **kw)  # type: ignore[method-assign]
+    flag = tmp_path / "slow-one-finished"
+    slow = Fact("slow", f"sleep 0.3; touch {flag}; echo slow", lambda out: out)
+    both = [slow, Fact("quick", "echo quick", lambda out: out)]
+    probe = Fact("probe", f"test -e {flag} && echo after-the-rest", lambda out: out, alone=True)
+    out = gather(shell, [*both, probe], parallel=True)
+    assert len(calls) == 1, "one round trip"
+    assert out[probe] == FactOutput("after-the-rest\n", 0), "the alone fact ran once the others had finished"
+    assert out[slow].stdout == "slow\n" and out["quick"].stdout == "quick\n"
+    flag.unlink()
+    started_at_once = Fact("probe", probe.shell, probe.parse)  # the same probe, not alone: runs with the rest
+    assert not gather(shell, [*both, started_at_once], parallel=True)[started_at_once].ok
+
+
 def test_a_gather_cut_short_marks_the_unanswered_facts() -> None:
     out = remote.parse_sections("@@hardway-section@@ a\nhalf", ["a", "b"])
     assert out["a"] == FactOutput("half", 255) and out["b"] == FactOutput("", 255)

@@ -120,7 +120,7 @@ def fsync_p99(data_dir: str, samples: int = 300) -> Fact[float | None]:
     return Fact("fsync_p99", f"d={shlex.quote(data_dir)}; [ -d \"$d\" ] || d={parent}; "
                              "command -v python3 >/dev/null || exit 99; "
                              f"mkdir -p \"$d\" && python3 -c {shlex.quote(FSYNC_PROBE)} \"$d\" {samples}",
-                _p99, (data_dir, samples))
+                _p99, (data_dir, samples), alone=True)  # other work on the node would disturb the figure
 
 
 def node_facts(inv: Inventory, node: Node) -> list[Fact]:

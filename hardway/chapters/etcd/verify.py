@@ -76,10 +76,10 @@ def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
     hashes, stats = file_hashes(paths, stamps(files)), file_stats(sorted(set(paths) | rendered_refs))
     lint, journal, fsync = unit_lint([UNIT_PATH]), journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir)
     put = write(inv, r.node)
-    # everything but the disk probe at once (etcdctl calls mostly wait on the network), then the probe
-    # alone, so nothing else disturbs the figure
-    v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), put], timeout=60,
-               parallel=True).merged(gather(r, [fsync], timeout=60))
+    # everything at once (etcdctl calls mostly wait on the network), but the disk probe after the rest
+    # (it is ``alone``), so nothing else disturbs the figure: one exec
+    v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), put, fsync], timeout=60,
+               parallel=True)
     f = MemberFacts(cluster.view_from(inv, r.node, v))
     f.hashes = v[hashes]
     f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items() if p in paths}
