@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Task, task
+from invoke.parser import Argument
 
 from .common import PKI_DIR_HELP, ROOT, help_asked, seconds, user_errors, whole_number
 
@@ -60,7 +61,32 @@ BREAK_HELP = {
 }
 
 
-@task(name="break", auto_shortflags=False, positional=["drill"], optional=["drill"], help=BREAK_HELP)
+class _ListFlag(Argument):
+    """``--list`` stands in for the DRILL positional: invoke has no optional positional arguments, so
+    `invoke lab.break --list` would otherwise be refused for the missing DRILL."""
+
+    drill: Argument | None = None
+
+    def set_value(self, value, cast: bool = True) -> None:
+        super().set_value(value, cast)
+        if self.value and self.drill is not None and self.drill.value is None:
+            self.drill.set_value("", cast=False)
+
+
+class _BreakTask(Task):
+    def get_arguments(self, ignore_unknown_help=None) -> list[Argument]:
+        args = super().get_arguments(ignore_unknown_help)
+        drill = next(a for a in args if a.name == "drill")
+        for i, a in enumerate(args):
+            if a.name == "list":
+                args[i] = _ListFlag(names=a.names, kind=a.kind, default=a.default, help=a.help,
+                                    positional=a.positional, optional=a.optional, incrementable=a.incrementable,
+                                    attr_name=a.attr_name)
+                args[i].drill = drill
+        return args
+
+
+@task(klass=_BreakTask, name="break", auto_shortflags=False, positional=["drill"], help=BREAK_HELP)
 @user_errors
 def lab_break(c, drill=None, name="lab", pki_dir=None, undo=False, list=False, json=False):
     """Inject one known failure into the lab (a drill), then let `invoke verify` name the cause and the fix."""

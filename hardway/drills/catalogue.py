@@ -78,7 +78,8 @@ def first_worker(inv: Inventory) -> Node:
 
 
 def last_worker(inv: Inventory) -> Node:
-    return first_worker(inv) and inv.workers[-1]
+    first_worker(inv)  # the same one line when there is none
+    return inv.workers[-1]
 
 
 def _apply(chapter, *, fix: bool = False) -> Callable[[Env, Node], str]:
@@ -273,7 +274,8 @@ DRILLS: tuple[Drill, ...] = (
     Drill("apiserver-cert-without-lb", CONTROL_PLANE.name, "the apiserver certificate lacks the load balancer's "
           "(new) address", "served-cert", "(the API endpoint)", "`invoke rotate-certs`",
           "the PKI's kube-apiserver certificate reissued without the endpoint's IP, pushed, apiservers restarted",
-          first_controller, apiserver_without_endpoint, undo_apiserver),
+          first_controller, apiserver_without_endpoint, undo_apiserver,
+          also=("certificate", "readyz", "apiserver")),  # pki's drift, the endpoint's TLS, kubectl (smoke)
     Drill("wrong-etcd-ca", CONTROL_PLANE.name, "the apiserver's etcd CA file is the cluster CA, not etcd's",
           "etcd-client", "is not etcd's CA", "`invoke bootstrap-control-plane`",
           f"`cp {CA} {ETCD_CA}`, `systemctl restart kube-apiserver`", first_controller, wrong_etcd_ca, undo_etcd_ca,
@@ -281,7 +283,8 @@ DRILLS: tuple[Drill, ...] = (
     Drill("stub-resolver", WORKERS.name, "the kubelet hands pods a stub resolver (127.0.0.53): the CoreDNS loop",
           "resolv-conf", "lists 127.0.0.53", "re-run `invoke bootstrap-workers`",
           f"{RESOLV_CONF} rewritten to name 127.0.0.53, the real servers copied to {RESOLVED_UPSTREAM} (as "
-          "systemd-resolved does)", first_worker, stub_resolver, undo_stub_resolver),
+          "systemd-resolved does)", first_worker, stub_resolver, undo_stub_resolver,
+          also=("files",)),  # the kubelet config hardway plans now names the upstream list
     Drill("missing-pod-route", POD_ROUTES.name, "a worker lost its route to another worker's pods",
           "routes", "no route to {peer_cidr}", "run `invoke pod-routes`",
           "`ip route del <the other worker's pod_cidr> proto 211`", first_worker, drop_route, _apply(POD_ROUTES),
