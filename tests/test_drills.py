@@ -28,7 +28,7 @@ ISSUE_13 = {"broken-continuation", "missing-key", "stale-data-dir", "member-stop
 
 def test_every_drill_the_issue_asks_for_is_defined_once_on_a_verifiable_chapter(inv) -> None:
     names = [d.name for d in drills.DRILLS]
-    assert len(names) == len(set(names)) and ISSUE_13 <= set(names)
+    assert len(names) == len(set(names)) and set(names) >= ISSUE_13
     for d in drills.DRILLS:
         assert by_name(d.chapter) in verifiable()
         cause, fix = d.says(inv)  # every template's fields exist
@@ -96,7 +96,8 @@ def test_etcd_client_refused_by_etcd_and_nobody_answering() -> None:
 
 def test_the_apiserver_journal_tells_an_untrusted_etcd_from_a_refused_client(inv) -> None:
     line = ("(stand-in) error: --etcd-servers: https://10.0.0.10:2379 refused --etcd-certfile=/etc/kubernetes/pki/"
-            "apiserver-etcd-client.crt: its serving certificate does not verify: unable to get local issuer certificate")
+            "apiserver-etcd-client.crt: its serving certificate does not verify: unable to get local issuer "
+            "certificate")
     facts = cp_verify.NodeFacts(states={"kube-apiserver": "failed"}, journals={"kube-apiserver": line})
     [j] = [r for r in cp_verify.judge_node(inv, inv.controllers[0], ("kube-apiserver",), facts, [])
            if r.check == "journal"]
