@@ -14,8 +14,6 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from hardway import localfs, pki, remote
 from hardway.chapters.base import Context
 from hardway.chapters.etcd.files import ctl
@@ -82,15 +80,6 @@ def leaf_without(state: PkiState, inv: Inventory, name: str,
         raise HardwayError(f"the PKI in {state.root} has no {name} or its CA: run `invoke pki` first")
     cert = issue(spec, key, inv, datetime.datetime.now(datetime.UTC), ca_cert, ca_key)
     return cert_pem(cert), state.key(name).read_bytes()
-
-
-def sans_of(pem: bytes) -> list[str]:
-    cert = x509.load_pem_x509_certificate(pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
 
 
 def write_state_cert(state: PkiState, name: str, pem: bytes) -> None:
