@@ -148,3 +148,7 @@ def test_lab_break_cli_lists_refuses_and_breaks(env: Env) -> None:
         undone = env.invoke("lab.break", "member-stopped", *flags, "--undo", inventory=False)
         assert undone.returncode == 0, undone.stderr
     env.healthy()
+    # an undo where nothing is broken changes nothing (no member is replaced for nothing)
+    idle = env.invoke("lab.break", "stale-data-dir", *flags, "--undo", inventory=False)
+    assert idle.returncode == 0, idle.stderr
+    assert f"{node}: nothing to undo: /var/lib/etcd holds this cluster's member" in idle.stdout, idle.stdout

@@ -120,9 +120,17 @@ def stale(env: Env, node: Node) -> str:
 
 
 def unstale(env: Env, node: Node) -> str:
-    from hardway.day2.replace import replace
+    from hardway.chapters.etcd import datadir
+    from hardway.chapters.etcd.cluster import gather_view
+    from hardway.day2.replace import plan
 
-    r = replace(env.ctx(), node.name)
+    ctx = env.ctx()
+    view = gather_view(env.inv, ctx.connector)
+    verdict = view.verdicts().get(node.name)
+    if verdict is None or verdict.kind not in (datadir.STALE, datadir.UNREADABLE):
+        return f"{node.name}: nothing to undo: {verdict.detail if verdict else 'its data dir was not read'}"
+    r = plan(ctx, node.name, view)
+    r.seconds = r.procedure.run()
     return f"etcd.replace {node.name}: done in {r.seconds:.1f}s (the stale data is at {r.aside})"
 
 
