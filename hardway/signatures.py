@@ -33,7 +33,8 @@ class Signature:
 
 
 def shorten(line: str, limit: int = 140) -> str:
-    """A journal line for a table: the JSON log's "msg" when there is one, else the line's start."""
+    """A journal line for a table: the JSON log's "msg" (and its "error") when there is one, else the line's start."""
     m = re.search(r'"msg":"([^"]*)"', line)
-    text = m.group(1) if m else line
+    error = re.search(r'"error":"((?:[^"\\]|\\.)*)"', line)  # what failed, where etcd says it
+    text = (m.group(1) + (f": {error.group(1)}" if error else "")) if m else line
     return text if len(text) <= limit else text[: limit - 1] + "…"

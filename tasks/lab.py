@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Task, task
+from invoke.parser import Argument
 
-from .common import ROOT, seconds, user_errors, whole_number
+from .common import PKI_DIR_HELP, ROOT, help_asked, seconds, user_errors, whole_number
 
 LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventory/lab.yaml)"
 
@@ -50,7 +51,81 @@ def lab_status(c, name="lab"):
         raise Exit(f"lab.status: some nodes of lab {name} are not running or not reachable", code=1)
 
 
+BREAK_HELP = {
+    "drill": "the drill to inject (`invoke lab.break --list` names them)",
+    "name": LAB_NAME_HELP,
+    "pki-dir": PKI_DIR_HELP,
+    "undo": "put the lab back after the drill (whether or not you ran the fix already)",
+    "list": "list the drills: what each breaks, on which node, what verify says and the fix",
+    "json": "with --list: the list as JSON",
+}
+
+
+class _ListFlag(Argument):
+    """``--list`` stands in for the DRILL positional: invoke has no optional positional arguments, so
+    `invoke lab.break --list` would otherwise be refused for the missing DRILL."""
+
+    drill: Argument | None = None
+
+    def set_value(self, value, cast: bool = True) -> None:
+        super().set_value(value, cast)
+        if self.value and self.drill is not None and self.drill.value is None:
+            self.drill.set_value("", cast=False)
+
+
+class _BreakTask(Task):
+    def get_arguments(self, ignore_unknown_help=None) -> list[Argument]:
+        args = super().get_arguments(ignore_unknown_help)
+        drill = next(a for a in args if a.name == "drill")
+        for i, a in enumerate(args):
+            if a.name == "list":
+                args[i] = _ListFlag(names=a.names, kind=a.kind, default=a.default, help=a.help,
+                                    positional=a.positional, optional=a.optional, incrementable=a.incrementable,
+                                    attr_name=a.attr_name)
+                args[i].drill = drill
+        return args
+
+
+@task(klass=_BreakTask, name="break", auto_shortflags=False, positional=["drill"], help=BREAK_HELP)
+@user_errors
+def lab_break(c, drill=None, name="lab", pki_dir=None, undo=False, list=False, json=False):
+    """Inject one known failure into the lab (a drill), then let `invoke verify` name the cause and the fix."""
+    from hardway import drills
+    from hardway import lab as lab_lib
+    from hardway.errors import HardwayError
+
+    from .common import pki_state
+
+    help_asked(drill, "lab.break", lab_break.body, BREAK_HELP)
+    if list:
+        env = None
+        if lab_lib.load_layout(name) is not None:
+            the_lab = lab_lib.get(name)
+            env = drills.Env(the_lab.inventory, pki_state(the_lab.inventory, pki_dir), the_lab)
+        table = drills.rows(env)
+        print(drills.to_json(table) if json else drills.format_rows(table))
+        return
+    if not drill:
+        raise HardwayError("lab.break: name a drill (`invoke lab.break --list` lists them)")
+    drills.by_name(drill)
+    the_lab = lab_lib.get(name)
+    env = drills.Env(the_lab.inventory, pki_state(the_lab.inventory, pki_dir), the_lab)
+    flags = "" if name == lab_lib.DEFAULT_NAME else f" --inventory {the_lab.inventory_path}"
+    flags += f" --pki-dir {pki_dir}" if pki_dir else ""
+    if undo:
+        done = drills.undo(env, drill)
+        print(f"lab.break {drill} --undo: {done.what}")
+        return
+    done = drills.break_lab(env, drill)
+    print(f"lab.break {drill}: {done.what}")
+    print(f"now run `invoke verify{flags}`: its {done.drill.check} check names the cause ({done.cause}) and the fix "
+          f"({done.fix})")
+    print(f"put the lab back with `invoke lab.break {drill}{'' if name == lab_lib.DEFAULT_NAME else ' --name ' + name}"
+          f"{' --pki-dir ' + pki_dir if pki_dir else ''} --undo`")
+
+
 lab_ns = Collection("lab")
 lab_ns.add_task(lab_up, name="up")
 lab_ns.add_task(lab_down, name="down")
 lab_ns.add_task(lab_status, name="status")
+lab_ns.add_task(lab_break, name="break")

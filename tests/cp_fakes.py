@@ -18,8 +18,13 @@ def controller(node: FakeNode) -> None:
     node.facts.update({
         "etcd_health": FactOutput("https://127.0.0.1:2379 is healthy", 0),
         "listener_units": "", "journal": "", "unit_lint": "",
-        "apiserver_etcd_client": FactOutput("is healthy", 0),
+        "apiserver_etcd_client": etcd_members_healthy,
     })
+
+
+def etcd_members_healthy(fact, _node) -> FactOutput:
+    """Every member's /health answers the apiserver's etcd client."""
+    return FactOutput("".join(f'{url} 0 {{"health":"true"}}\n' for url in fact.args), 0)
 
 
 class Jumpbox:

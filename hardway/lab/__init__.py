@@ -9,6 +9,7 @@ Each node is ``systemd-nspawn --boot`` over an overlayfs whose lower dir is the 
 - ``probes``: reading the host (processes, mounts, netns, links), running commands, preflight
 - ``node_status``: the per-node status table
 - ``lifecycle``: ``up``, ``get``, ``stop_node``/``start_node``, ``down`` and the ``Lab`` handle
+- ``diskio``: a slow disk for one node (the slow-disk drill): its machine's block-I/O throttle
 
 State (root only)::
 

@@ -52,10 +52,13 @@ def node_cgroups(lab: str, node: str) -> list[Path]:
     return [h / machine_name(lab, node) for h in hierarchies()]
 
 
+BLKIO = Path("/sys/fs/cgroup/blkio")  # v1: where the slow-disk drill throttles a machine (lab/diskio.py)
+
+
 def lab_cgroups(lab: str) -> list[Path]:
-    """Every existing cgroup of lab ``lab``, in every hierarchy."""
+    """Every existing cgroup of lab ``lab``, in every hierarchy (the v1 blkio one too)."""
     found = []
-    for h in hierarchies():
+    for h in [*hierarchies(), BLKIO]:
         with contextlib.suppress(OSError):
             found += [h / entry for entry in sorted(os.listdir(h)) if owned_by(lab, entry) and (h / entry).is_dir()]
     return found

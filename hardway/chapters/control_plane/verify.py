@@ -26,7 +26,6 @@ from hardway.chapters.control_plane.files import (
     SCHEDULER,
     label,
 )
-from hardway.chapters.etcd.files import ETCDCTL
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
 from hardway.facts import (
     Fact,
@@ -56,7 +55,10 @@ SIGNATURES: dict[str, tuple[tuple[str, str, str], ...]] = {
         (r"x509: certificate is valid for \S.*, not \S+",
          "a TLS peer's certificate does not name the address dialed (a stale certificate after an address change)",
          "`invoke rotate-certs` reissues certificates for the inventory's addresses and restarts one at a time"),
-        (r"refused --etcd-certfile|certificate signed by unknown authority|tls: bad certificate",
+        (r"serving certificate does not verify|x509: certificate signed by unknown authority",
+         "the apiserver does not trust etcd's serving certificate: its --etcd-cafile is not etcd's CA",
+         f"{FIX} pushes the etcd CA hardway planned and restarts the apiserver"),
+        (r"refused --etcd-certfile|tls: bad certificate|tls: unknown certificate authority",
          "etcd refuses the apiserver's etcd client certificate (etcd trusts another CA)",
          "`invoke rotate-certs` puts etcd and the apiserver on the etcd CA, one member at a time"),
         (r":2379\b.*[Cc]onnection refused|[Cc]onnection refused.*:2379\b",
@@ -103,12 +105,57 @@ def _answer(out: FactOutput) -> tuple[bool, str]:
     return out.ok, out.stdout.strip()
 
 
-def etcd_client(inv: Inventory) -> Fact[tuple[bool, str]]:
-    """etcd's answer to the apiserver's own etcd client credentials (the files its unit names)."""
-    eps = ",".join(inv.etcd_client_url(c) for c in inv.controllers)
-    return Fact("apiserver_etcd_client", f"ETCDCTL_API=3 {ETCDCTL} --endpoints={eps} --cacert={ETCD_CA} "
-                f"--cert={ETCD_CLIENT_CERT} --key={ETCD_CLIENT_KEY} --dial-timeout=3s --command-timeout=5s "
-                "endpoint health", _answer, (eps,))
+def _etcd_answers(out: FactOutput) -> list[tuple[str, int, str]]:
+    """(endpoint, curl's exit code, what it said) per etcd member."""
+    found = []
+    for line in out.stdout.splitlines():
+        url, _, rest = line.partition(" ")
+        code, _, said = rest.partition(" ")
+        if url.startswith("https://") and code.lstrip("-").isdigit():
+            found.append((url, int(code), said.strip()))
+    return found
+
+
+def etcd_client(inv: Inventory) -> Fact[list[tuple[str, int, str]]]:
+    """Each etcd member's /health, asked with the apiserver's own etcd client files (those its unit names):
+    one answer per member, so a member that is down is told apart from TLS trouble on every one."""
+    eps = [inv.etcd_client_url(c) for c in inv.controllers]
+    curl = (f"curl -sS --connect-timeout 2 -m 4 --cacert {ETCD_CA} --cert {ETCD_CLIENT_CERT} --key {ETCD_CLIENT_KEY} "
+            '"$u/health" 2>&1')
+    return Fact("apiserver_etcd_client", f"for u in {' '.join(eps)}; do o=$({curl}); rc=$?; "
+                "printf '%s %s %s\\n' \"$u\" \"$rc\" \"$(printf %s \"$o\" | tr '\\n' ' ' | cut -c1-200)\"; done",
+                _etcd_answers, tuple(eps))
+
+
+UNTRUSTED_SERVER, UNREACHABLE = 60, (6, 7, 28)  # curl: the server's certificate did not verify; no connection
+
+
+def judge_etcd_client(answers: list[tuple[str, int, str]]) -> tuple[str, str, str]:
+    """Pure: (status, detail, hint) for the apiserver's etcd client, from each member's answer."""
+    ok = [u for u, code, said in answers if code == 0 and '"health":"true"' in said]
+    untrusted = [(u, said) for u, code, said in answers if code == UNTRUSTED_SERVER]
+    refused = [(u, code, said) for u, code, said in answers
+               if u not in ok and code != UNTRUSTED_SERVER and code not in UNREACHABLE]
+    down = [u for u, code, _ in answers if code in UNREACHABLE]
+    if untrusted:
+        u, said = untrusted[0]
+        return (FAIL, f"the apiserver's etcd CA file {ETCD_CA} does not verify the serving certificate of {u} "
+                      f"({said.split(' More details')[0][:100]}): it is not etcd's CA",
+                f"{FIX} pushes the etcd CA hardway planned and restarts the apiserver (after a CA change: "
+                "`invoke rotate-certs`)")
+    if refused:
+        u, code, said = refused[0]
+        return (FAIL, f"etcd at {u} refuses the apiserver's etcd client ({ETCD_CLIENT_CERT}): {said[:120] or code}",
+                "etcd trusts another CA than the one that signed it: `invoke rotate-certs` puts etcd and the apiserver "
+                "on the etcd CA, one member at a time")
+    if ok and down:
+        return (WARN, f"{len(ok)} of {len(answers)} etcd members accept the apiserver's etcd client; "
+                      f"{', '.join(down)} does not answer (that member is down)",
+                "`invoke verify --chapter etcd` names the member and its fix")
+    if not ok:
+        return (FAIL, "no etcd member answers the apiserver's etcd client: "
+                      + (answers[0][2][:140] if answers else "no answer"), "`invoke verify --chapter etcd`")
+    return (OK, f"every etcd member accepts the apiserver's etcd client ({ETCD_CLIENT_CERT}, etcd CA)", "")
 
 
 HAPROXY_CHECK: Fact[tuple[bool, str]] = Fact("haproxy_check", f"{lb.HAPROXY} -c -f {lb.CONFIG} 2>&1", _answer)
@@ -122,7 +169,7 @@ class NodeFacts:
     lint: str = ""
     journals: dict[str, str] = field(default_factory=dict)
     probes: dict[str, object] = field(default_factory=dict)  # unit -> (ok, text), or the LB's servers
-    etcd: tuple[bool, str] | None = None
+    etcd: list[tuple[str, int, str]] | None = None  # each member's answer to the apiserver's client
     config_check: tuple[bool, str] | None = None
 
 
@@ -216,12 +263,7 @@ def judge_node(inv: Inventory, node: Node, units: Sequence[str], facts: NodeFact
         add("health", status, f"{label(inv, u)}: {seen.detail}",
             "" if seen.ok else "see the journal results for this unit")
     if facts.etcd is not None:
-        ok, text = facts.etcd
-        add("etcd-client", OK if ok else FAIL,
-            f"every etcd member accepts the apiserver's etcd client ({ETCD_CLIENT_CERT}, etcd CA)" if ok
-            else "etcd refuses or does not answer the apiserver's etcd client: "
-                 + ((text.splitlines() or ['no answer'])[-1][:140]),
-            "" if ok else "`invoke verify --chapter etcd`; after a CA change `invoke rotate-certs`")
+        add("etcd-client", *judge_etcd_client(facts.etcd))
     for u in units:
         up = _up(u, facts)
         seen = False

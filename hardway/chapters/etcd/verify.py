@@ -17,7 +17,7 @@ from hardway.chapters.base import Context
 from hardway.chapters.etcd import cluster, datadir, quorum
 from hardway.chapters.etcd.client_auth import client_auth_results
 from hardway.chapters.etcd.files import UNIT, UNIT_PATH
-from hardway.chapters.etcd.preflight import fsync_finding, fsync_p99
+from hardway.chapters.etcd.preflight import FSYNC_P99_LIMIT_MS, fsync_finding, fsync_p99
 from hardway.chapters.etcd.signatures import SIGNATURES
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
 from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint
@@ -151,10 +151,21 @@ def judge_member(inv: Inventory, node: Node, facts: MemberFacts, files: list[Fil
     else:
         add("endpoint-health", FAIL, (v.health.splitlines() or ["no answer"])[-1][:160],
             "the member runs but does not serve: see its data-dir and journal results and the quorum result")
-    finding = fsync_finding(inv, n, facts.fsync_p99_ms)
-    add("disk-fsync", finding.status, finding.message)
+    add("disk-fsync", *judge_disk(inv, facts.fsync_p99_ms))
     _journal(add, inv, node, facts, others)
     return res
+
+
+def judge_disk(inv: Inventory, p99: float | None) -> tuple[str, str, str]:
+    """(status, detail, hint) for the data dir's fdatasync p99. Over etcd's 10 ms it is a warning (preflight's
+    figure); at the heartbeat interval or more it fails: every WAL write then stalls the member longer than a
+    heartbeat, and leaders get lost (`sync duration ... expected less than 1s`, elections)."""
+    if p99 is not None and p99 >= inv.etcd.heartbeat_ms:
+        return (FAIL, f"fdatasync p99 {p99:.0f} ms in {inv.etcd.data_dir}: slower than etcd's heartbeat "
+                      f"({inv.etcd.heartbeat_ms} ms; etcd wants < {FSYNC_P99_LIMIT_MS:.0f} ms), so commits stall and "
+                      "leaders are lost", f"move {inv.etcd.data_dir} to a faster disk (an SSD)")
+    finding = fsync_finding(inv, "-", p99)
+    return finding.status, finding.message, ""
 
 
 def _unit_and_files(add, facts: MemberFacts, files: list[File], res: list[CheckResult]) -> None:
