@@ -10,8 +10,17 @@ from invoke import Exit, task
 
 from hardway.errors import HardwayError
 
-from .common import INVENTORY_HELP, PKI_DIR_HELP, ROOT, context, help_asked, inventory_path, load_inventory, \
-    pki_state, user_errors
+from .common import (
+    INVENTORY_HELP,
+    PKI_DIR_HELP,
+    ROOT,
+    context,
+    help_asked,
+    inventory_path,
+    load_inventory,
+    pki_state,
+    user_errors,
+)
 
 HELP = {
     "which": "a chapter: its number (7) or name (etcd); see --list",
@@ -78,7 +87,8 @@ def _apply(c, t, inventory, pki_dir, timeout, adopt) -> None:
     from hardway import binaries, lab
     from hardway.walkthrough import tutorial
 
-    from . import chapters, kubeconfig, lab as lab_tasks, pki  # noqa: I001 (tasks modules, imported when used)
+    from . import chapters, kubeconfig, pki
+    from . import lab as lab_tasks
 
     if t.kind in (tutorial.NODES, tutorial.CLUSTER):
         chapters.apply_task(t.chapter()).body(c, inventory=inventory, pki_dir=pki_dir, timeout=timeout, adopt=adopt)

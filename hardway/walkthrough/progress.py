@@ -208,7 +208,8 @@ def chapter_state(ctx: Context, t: TutorialChapter, rec: Records, earlier_done: 
         results = _cleanup(ctx, rec)
         held = [r for r in results if r.status == FAIL]
         state = DONE if not held else NOT_STARTED
-        detail = f"{len(held)} node(s) hold files hardway deployed" if held else "no node holds anything hardway deployed"
+        detail = (f"{len(held)} node(s) hold files hardway deployed" if held else
+                  "no node holds anything hardway deployed")
         return ChapterState(t.number, t.slug, t.title, state, detail, t.task, results)
     else:
         chapter = t.chapter()
