@@ -24,6 +24,7 @@ from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.services import systemctl_command
 
+TYPE_MAX_BYTES = 32 * 1024  # a bigger file (the stand-ins' programs) is copied from `invoke render`'s output
 STAGING_ROOT = "/var/tmp"  # where copied and typed files wait on the node until `install` puts them in place
 B64_WIDTH = 76
 
@@ -103,9 +104,10 @@ def login(inv: Inventory, node: Node) -> str:
 
 
 def jumpbox_section(inv: Inventory, node: Node, chapter: str, files: Sequence[File],
-                    sources: Mapping[str, Path]) -> Section | None:
+                    sources: Mapping[str, Path], render: str = "") -> Section | None:
     """On the jumpbox: copy to ``node`` the files that are never printed (secrets) or too big to type
-    (binaries), from where the jumpbox keeps them. None if there is nothing to copy."""
+    (binaries), from where the jumpbox keeps them. ``render``: the command that writes the files whose
+    source is the render's output (run first when one is copied). None if there is nothing to copy."""
     names = staged_names(files)
     copied = [(f, src) for f in files if (src := copy_source(f, sources)) is not None]
     if not copied:
@@ -113,20 +115,23 @@ def jumpbox_section(inv: Inventory, node: Node, chapter: str, files: Sequence[Fi
     opts = " ".join(shlex.quote(o) for o in ssh_options(inv))
     where = login(inv, node)
     stage = staging_dir(chapter)
-    cmds = [f"ssh {opts} {where} {shlex.quote(f'install -d -m 0700 {stage}')}"]
+    rendered = any(f.source is None and not f.secret for f, _ in copied)
+    cmds = [render] if render and rendered else []
+    cmds.append(f"ssh {opts} {where} {shlex.quote(f'install -d -m 0700 {stage}')}")
     for f, src in copied:
         cmds.append(f"scp -q {opts} {shlex.quote(str(src))} {shlex.quote(f'{where}:{stage}/{names[f.path]}')}")
     return Section("jumpbox", f"on the jumpbox: copy {node.name} its keys and binaries (never printed)", cmds)
 
 
 def copy_source(f: File, sources: Mapping[str, Path]) -> Path | None:
-    """Where on the jumpbox ``f`` is copied from, if it is copied rather than typed."""
+    """Where on the jumpbox ``f`` is copied from, if it is copied rather than typed: a binary from where
+    the inventory has it, a secret from the PKI state, a program too big to type from the render."""
     if f.source is not None:
         return f.source
-    if f.secret:
+    if f.secret or f.size > TYPE_MAX_BYTES:
         src = sources.get(f.path)
         if src is None:  # every secret comes from the PKI state; a planner that broke that is a bug
-            raise ValueError(f"{f.path}: a secret without a source on the jumpbox")
+            raise ValueError(f"{f.path}: a secret or big file without a source on the jumpbox")
         return src
     return None
 

@@ -9,6 +9,7 @@ Secrets are never shown: not their bytes, not a diff; a line says that one diffe
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,10 +62,14 @@ class _SourcedPlanner(Planner):
 
 
 def sources(ctx: Context, chapter: Chapter, node: Node) -> dict[str, Path]:
-    """target path -> jumpbox path of every file the chapter plans from the PKI state on ``node``."""
+    """target path -> the jumpbox file it can be copied from: the PKI state, else the render's output."""
     p = _SourcedPlanner(ctx.inv, node, ctx.state, ctx.cache_dir, chapter=chapter.name)
     p.sources = {}
     chapter.plan_files(p)
+    rendered = build_dir(ctx) / node.name
+    for f in p.files:  # the rest (a program too big to type) is copied from `invoke render`'s output
+        if f.source is None and f.path not in p.sources:
+            p.sources[f.path] = rendered / f.path.lstrip("/")
     return p.sources
 
 
@@ -89,12 +94,24 @@ def unit_texts(ctx: Context, chapter: Chapter) -> dict[str, dict[str, str]]:
     return out
 
 
+def build_dir(ctx: Context) -> Path:
+    """Where `invoke render` writes this cluster's files (its default: next to the binaries' cache)."""
+    root = ctx.cache_dir.parent if ctx.cache_dir is not None else Path("build")
+    return root / ctx.inv.cluster_name
+
+
+def render_command(ctx: Context, node: Node) -> str:
+    """The `invoke render` that writes ``node``'s files where the copy commands take them from."""
+    return (f"invoke render --node {shlex.quote(node.name)} --inventory {shlex.quote(str(ctx.inv.path))} "
+            f"--pki-dir {shlex.quote(str(ctx.state.root))} --out {shlex.quote(str(build_dir(ctx)))}")
+
+
 def manual_sections(ctx: Context, chapter: Chapter) -> list[manual.Section]:
     """By hand, node after node: what to copy from the jumpbox, then what to type on the node."""
     out = []
     for node in chapter.targets(ctx.inv):
         files, src = ctx.files(chapter, node), sources(ctx, chapter, node)
-        copy = manual.jumpbox_section(ctx.inv, node, chapter.name, files, src)
+        copy = manual.jumpbox_section(ctx.inv, node, chapter.name, files, src, render_command(ctx, node))
         if copy is not None:
             out.append(copy)
         out.append(manual.node_section(node, chapter.name, files, src, chapter.node_units(node),

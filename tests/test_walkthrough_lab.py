@@ -1,0 +1,133 @@
+"""`invoke chapter`'s typed commands, typed into fresh lab nodes: they must make exactly the files the
+apply makes (sha256, mode, owner), and a working chapter the apply then finds nothing to change in.
+
+The commands run as printed: the jumpbox blocks with bash on this host (scp with the lab's key and
+known_hosts), the node blocks over SSH as one script that stops at the first failing command.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hardway import jumpbox, remote, services
+from hardway.chapters import Context
+from hardway.chapters.control_plane import CHAPTER as CONTROL_PLANE
+from hardway.chapters.etcd import CHAPTER as ETCD
+from hardway.checks import FAIL, format_table
+from hardway.facts import file_hashes, file_stats, gather
+from hardway.remote import QUIET
+from hardway.state import PkiState
+from hardway.walkthrough import manual, view
+from hardway.walkthrough.progress import DONE, NOT_STARTED, read_records, states
+from hardway.walkthrough.tutorial import find
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def walk(lab_factory):  # -> (Lab, Context)
+    lab = lab_factory(controllers=1, workers=0, loadbalancers=1, prefix="w")
+    state = PkiState(lab.state_dir / "pki")
+    jumpbox.generate(lab.inventory, state)
+    ctx = Context(lab.inventory, state, cache_dir=ROOT / "build" / "cache", progress=QUIET)
+    yield lab, ctx
+    shutil.rmtree(view.build_dir(ctx), ignore_errors=True)  # what the typed `invoke render` wrote
+
+
+def type_by_hand(ctx: Context, chapter) -> None:
+    """Every block of the manual view, as printed, in its order."""
+    for section in view.manual_sections(ctx, chapter):
+        if section.where == "jumpbox":
+            done = subprocess.run(["bash", "-c", manual.script(section)], capture_output=True, text=True, timeout=120,
+                                  cwd=ROOT)
+            assert done.returncode == 0, f"{section.title}: {done.stderr}"
+            continue
+        r = remote.connect(ctx.inv, ctx.inv.node(section.where))
+        text = manual.script(section).encode()
+        try:  # pasted into a shell: the script is bash's stdin, as if typed
+            r.feed("bash -s", lambda out: out.write(text), timeout=120)
+        finally:
+            r.close()
+
+
+def on_disk(ctx: Context, chapter) -> dict[str, dict[str, tuple]]:
+    """node -> path -> (sha256, mode, owner, group) as the node holds it."""
+    out = {}
+    for node in chapter.targets(ctx.inv):
+        paths = [f.path for f in ctx.files(chapter, node)]
+        r = remote.connect(ctx.inv, node)
+        try:
+            h, s = file_hashes(paths), file_stats(paths)
+            got = gather(r, [h, s])
+        finally:
+            r.close()
+        out[node.name] = {p: (got[h][p], *((got[s][p].mode, got[s][p].owner, got[s][p].group) if got[s][p] else ()))
+                          for p in paths}
+    return out
+
+
+def planned(ctx: Context, chapter) -> dict[str, dict[str, tuple]]:
+    return {n.name: {f.path: (f.sha256, f.mode, f.owner, f.group) for f in ctx.files(chapter, n)}
+            for n in chapter.targets(ctx.inv)}
+
+
+def test_list_before_anything_then_typed_etcd_matches_the_apply(walk):
+    lab, ctx = walk
+    before = {s.slug: s for s in states(ctx)}
+    assert before["compute-resources"].state == DONE, before["compute-resources"].detail
+    assert before["certificate-authority"].state == DONE
+    assert before["etcd"].state == NOT_STARTED and before["etcd"].results == []  # no record names it: no checks run
+    assert before["cleanup"].state == DONE  # nothing deployed yet
+
+    type_by_hand(ctx, ETCD)
+    assert on_disk(ctx, ETCD) == planned(ctx, ETCD)
+    node = ctx.inv.controllers[0]
+    r = remote.connect(ctx.inv, node)
+    try:
+        services.wait_active(r, ["etcd"], 60)
+    finally:
+        r.close()
+    # hardway's own apply afterwards: every file already holds the planned bytes, nothing is written or restarted
+    report = ETCD.apply(ctx)
+    assert report.written == {node.name: []} and report.restarted == {}, report.summary()
+    assert not [r for r in report.results if r.status == FAIL], format_table(report.results)
+    after = states(ctx, [find("etcd")])[0]
+    assert after.state == DONE, after.detail
+    assert "etcd" in read_records(ctx).chapters_on(node.name)
+
+
+def test_typed_control_plane_matches_the_apply(walk):
+    lab, ctx = walk
+    type_by_hand(ctx, CONTROL_PLANE)
+    assert on_disk(ctx, CONTROL_PLANE) == planned(ctx, CONTROL_PLANE)
+    report = CONTROL_PLANE.apply(ctx)
+    assert all(not v for v in report.written.values()), report.summary()
+    assert not [r for r in report.results if r.status == FAIL], format_table(report.results)
+    assert states(ctx, [find("8")])[0].state == DONE
+
+
+def test_changes_show_a_hand_edit_as_a_diff_and_a_key_only_as_differs(walk):
+    lab, ctx = walk
+    node = ctx.inv.controllers[0]
+    r = remote.connect(ctx.inv, node)
+    try:
+        r.run("sed -i 's/--heartbeat-interval=100/--heartbeat-interval=250/' /etc/systemd/system/etcd.service && "
+              "printf x >> /etc/etcd/etcd.key")
+        got = view.changes(ctx, ETCD)
+        rows = {(c.what, c.path): c.detail for c in got.rows}
+        assert rows[("differs", "/etc/etcd/etcd.key")] == "(secret, 0600, differs)"
+        assert ("restart", "etcd") in rows
+        (diff,) = [d for n, p, d in got.diffs if p == "/etc/systemd/system/etcd.service"]
+        assert "-  --heartbeat-interval=250 \\" in diff and "+  --heartbeat-interval=100 \\" in diff
+        assert all("BEGIN" not in d and "PRIVATE" not in d for _, _, d in got.diffs)
+    finally:
+        r.close()
+    report = ETCD.apply(ctx)  # the repair: the planned files back, etcd restarted on them
+    assert sorted(report.written[node.name]) == ["/etc/etcd/etcd.key", "/etc/systemd/system/etcd.service"]
+    left = [c for c in view.changes(ctx, ETCD).rows if not (c.what == "preflight" and c.detail.startswith("warn"))]
+    assert left == []  # (a slow disk's warning may stay: this host's disk, not the chapter's)
