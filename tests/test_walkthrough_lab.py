@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def walk(lab_factory):  # -> (Lab, Context)
+def walk(lab_factory):  # -> Context over a fresh lab: 1 controller, the load balancer
     lab = lab_factory(controllers=1, workers=0, loadbalancers=1, prefix="w")
     state = PkiState(lab.state_dir / "pki")
     jumpbox.generate(lab.inventory, state)
     ctx = Context(lab.inventory, state, cache_dir=ROOT / "build" / "cache", progress=QUIET)
-    yield lab, ctx
+    yield ctx
     shutil.rmtree(view.build_dir(ctx), ignore_errors=True)  # what the typed `invoke render` wrote
 
 
@@ -50,7 +50,7 @@ def type_by_hand(ctx: Context, chapter) -> None:
         r = remote.connect(ctx.inv, ctx.inv.node(section.where))
         text = manual.script(section).encode()
         try:  # pasted into a shell: the script is bash's stdin, as if typed
-            r.feed("bash -s", lambda out: out.write(text), timeout=120)
+            r.feed("bash -s", lambda out, text=text: out.write(text), timeout=120)
         finally:
             r.close()
 
@@ -77,7 +77,7 @@ def planned(ctx: Context, chapter) -> dict[str, dict[str, tuple]]:
 
 
 def test_list_before_anything_then_typed_etcd_matches_the_apply(walk):
-    lab, ctx = walk
+    ctx = walk
     before = {s.slug: s for s in states(ctx)}
     assert before["compute-resources"].state == DONE, before["compute-resources"].detail
     assert before["certificate-authority"].state == DONE
@@ -102,7 +102,7 @@ def test_list_before_anything_then_typed_etcd_matches_the_apply(walk):
 
 
 def test_typed_control_plane_matches_the_apply(walk):
-    lab, ctx = walk
+    ctx = walk
     type_by_hand(ctx, CONTROL_PLANE)
     assert on_disk(ctx, CONTROL_PLANE) == planned(ctx, CONTROL_PLANE)
     report = CONTROL_PLANE.apply(ctx)
@@ -112,7 +112,7 @@ def test_typed_control_plane_matches_the_apply(walk):
 
 
 def test_changes_show_a_hand_edit_as_a_diff_and_a_key_only_as_differs(walk):
-    lab, ctx = walk
+    ctx = walk
     node = ctx.inv.controllers[0]
     r = remote.connect(ctx.inv, node)
     try:
