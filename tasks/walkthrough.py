@@ -6,7 +6,8 @@ import json as jsonlib
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Exit, Task, task
+from invoke.parser import Argument
 
 from hardway.errors import HardwayError
 
@@ -36,7 +37,29 @@ HELP = {
 }
 
 
-@task(name="chapter", positional=["which"], optional=[], auto_shortflags=False, help=HELP)
+class _Which(Argument):
+    """The chapter argument: positional, yet not wanted with --list or --next (invoke's parser takes every
+    positional argument as required: this one counts as given when either flag is)."""
+
+    others: tuple[Argument, ...] = ()
+
+    def _get(self):  # -> the chapter, "" with --list/--next, else None (missing)
+        value = Argument.value.fget(self)
+        return "" if value is None and any(a.value for a in self.others) else value
+
+    value = property(_get, Argument.value.fset)
+
+
+class _ChapterTask(Task):
+    def get_arguments(self, ignore_unknown_help=None):
+        args = super().get_arguments(ignore_unknown_help)
+        which = next(a for a in args if a.name == "which")
+        which.__class__ = _Which
+        which.others = tuple(a for a in args if a.name in ("list", "next"))
+        return args
+
+
+@task(klass=_ChapterTask, name="chapter", positional=["which"], auto_shortflags=False, help=HELP)
 @user_errors
 def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=False, inventory=None, pki_dir=None,
             timeout=None, adopt=False):
