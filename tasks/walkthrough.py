@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import sys
 from pathlib import Path
@@ -76,6 +77,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
     inv = load_inventory(inventory)
     with remote.Pool() as pool:
         ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+        ctx.progress = remote.QUIET  # looking changes nothing: no progress lines (stdout may be JSON)
         if list:
             rows = walkthrough.states(ctx)
             print(report.list_json(rows) if json else report.list_text(rows))
@@ -95,9 +97,11 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
             data = report.page(ctx, t, state, sections)
             print(jsonlib.dumps(data, indent=2) if json else report.page_text(t, data, state))
             return
-    _apply(c, t, inventory, pki_dir, timeout, adopt)
+    with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():  # stdout: the JSON only
+        _apply(c, t, inventory, pki_dir, timeout, adopt)
     with remote.Pool() as pool:
         ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+        ctx.progress = remote.QUIET
         state = walkthrough.states(ctx, [t])[0]
     print(jsonlib.dumps(state.to_json(), indent=2) if json else
           f"{t.label} {t.slug}: {state.state} ({state.detail})")

@@ -7,8 +7,10 @@ known_hosts), the node blocks over SSH as one script that stops at the first fai
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,27 @@ def test_changes_show_a_hand_edit_as_a_diff_and_a_key_only_as_differs(walk):
     assert sorted(report.written[node.name]) == ["/etc/etcd/etcd.key", "/etc/systemd/system/etcd.service"]
     left = [c for c in view.changes(ctx, ETCD).rows if not (c.what == "preflight" and c.detail.startswith("warn"))]
     assert left == []  # (a slow disk's warning may stay: this host's disk, not the chapter's)
+
+
+def test_cli_next_applies_the_first_chapter_not_done_then_list_grades_it(lab_factory):
+    """On a fresh lab with its PKI made, chapters 1-6 are done: `--next` is etcd's bootstrap."""
+    lab = lab_factory(controllers=1, prefix="w")
+    pki_dir = lab.state_dir / "pki"
+    jumpbox.generate(lab.inventory, PkiState(pki_dir))
+    common = ["--inventory", str(lab.inventory_path), "--pki-dir", str(pki_dir)]
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "invoke", "chapter", *args, *common], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    done = invoke("--next")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "next: 07 Bootstrapping the etcd cluster" in done.stderr
+    assert done.stdout.rstrip().endswith("07 etcd: done (1 ok)") or "07 etcd: done" in done.stdout, done.stdout
+    graded = json.loads(invoke("--list", "--json").stdout)
+    by_slug = {c["slug"]: c for c in graded["chapters"]}
+    assert by_slug["etcd"]["state"] == DONE and by_slug["etcd"]["results"]
+    assert by_slug["compute-resources"]["state"] == DONE and by_slug["cleanup"]["state"] == NOT_STARTED
+    page = json.loads(invoke("7", "--only", "changes", "--json").stdout)
+    left = [c for c in page["changes"]["changes"] if c["what"] != "preflight"]
+    assert left == [] and page["state"]["state"] == DONE

@@ -216,7 +216,8 @@ def chapter_state(ctx: Context, t: TutorialChapter, rec: Records, earlier_done: 
         assert chapter is not None
         results = []
         if t.kind == NODES:
-            started = rec.holds(chapter.name, [n.name for n in chapter.targets(ctx.inv)])
+            targets = [n.name for n in chapter.targets(ctx.inv)]
+            started = not targets or rec.holds(chapter.name, targets)  # no targets: its checks say what that means
             why_not = f"no node holds a file of chapter {chapter.name}"
         elif t.kind == CLUSTER:
             started, why_not = earlier_done, "the chapters before it are not done"
