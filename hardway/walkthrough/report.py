@@ -48,14 +48,15 @@ def page(ctx: Context, t: TutorialChapter, state: progress.ChapterState | None,
     if chapter is None or not out["on_nodes"]:
         out["files"], out["units"], out["commands"], out["changes"] = [], {}, [], None
         return out
+    changes = view.changes(ctx, chapter) if "changes" in sections else None
+    planned = changes.planned if changes is not None else None  # asked the nodes: what the apply would install
     if "files" in sections:
-        out["files"] = [asdict(r) for r in view.file_rows(ctx, chapter)]
-        out["units"] = view.unit_texts(ctx, chapter)
+        out["files"] = [asdict(r) for r in view.file_rows(ctx, chapter, planned)]
+        out["units"] = view.unit_texts(ctx, chapter, planned)
     if "commands" in sections:
         out["commands"] = [{"where": s.where, "title": s.title, "commands": s.commands}
-                           for s in view.manual_sections(ctx, chapter)]
-    if "changes" in sections:
-        out["changes"] = view.changes(ctx, chapter).to_json()
+                           for s in view.manual_sections(ctx, chapter, planned)]
+    out["changes"] = changes.to_json() if changes is not None else None
     return out
 
 

@@ -73,22 +73,29 @@ def sources(ctx: Context, chapter: Chapter, node: Node) -> dict[str, Path]:
     return p.sources
 
 
-def file_rows(ctx: Context, chapter: Chapter) -> list[FileRow]:
+Planned = dict[str, list[File]]  # node -> its files: the pure plan, or what a survey planned from the node's facts
+
+
+def _files(ctx: Context, chapter: Chapter, node: Node, planned: Planned | None) -> list[File]:
+    return planned[node.name] if planned and node.name in planned else ctx.files(chapter, node)
+
+
+def file_rows(ctx: Context, chapter: Chapter, planned: Planned | None = None) -> list[FileRow]:
     rows = []
     for node in chapter.targets(ctx.inv):
         src = sources(ctx, chapter, node)
-        for f in ctx.files(chapter, node):
+        for f in _files(ctx, chapter, node, planned):
             origin = manual.copy_source(f, src)
             rows.append(FileRow(node.name, f.path, f"{f.mode:04o}", f"{f.owner}:{f.group}", f.size, f.sha256,
                                 kind(f), str(origin) if origin else ""))
     return rows
 
 
-def unit_texts(ctx: Context, chapter: Chapter) -> dict[str, dict[str, str]]:
+def unit_texts(ctx: Context, chapter: Chapter, planned: Planned | None = None) -> dict[str, dict[str, str]]:
     """unit path -> node -> its rendered text (units are never secret)."""
     out: dict[str, dict[str, str]] = {}
     for node in chapter.targets(ctx.inv):
-        for f in ctx.files(chapter, node):
+        for f in _files(ctx, chapter, node, planned):
             if kind(f) == "unit":
                 out.setdefault(f.path, {})[node.name] = f.data().decode()
     return out
@@ -106,11 +113,11 @@ def render_command(ctx: Context, node: Node) -> str:
             f"--pki-dir {shlex.quote(str(ctx.state.root))} --out {shlex.quote(str(build_dir(ctx)))}")
 
 
-def manual_sections(ctx: Context, chapter: Chapter) -> list[manual.Section]:
+def manual_sections(ctx: Context, chapter: Chapter, planned: Planned | None = None) -> list[manual.Section]:
     """By hand, node after node: what to copy from the jumpbox, then what to type on the node."""
     out = []
     for node in chapter.targets(ctx.inv):
-        files, src = ctx.files(chapter, node), sources(ctx, chapter, node)
+        files, src = _files(ctx, chapter, node, planned), sources(ctx, chapter, node)
         copy = manual.jumpbox_section(ctx.inv, node, chapter.name, files, src, render_command(ctx, node))
         if copy is not None:
             out.append(copy)
@@ -134,6 +141,9 @@ class Change:
 class Changes:
     rows: list[Change] = field(default_factory=list)
     diffs: list[tuple[str, str, str]] = field(default_factory=list)  # node, path, unified diff
+    # what the apply would install on each node surveyed: where a chapter plans from facts (the workers'
+    # resolvConf), this, not the pure plan, is what the files and the typed commands must show
+    planned: Planned = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"changes": [asdict(c) for c in self.rows],
@@ -193,6 +203,8 @@ def changes(ctx: Context, chapter: Chapter) -> Changes:
     surveys = chapter.survey(ctx, nodes)
     texts = _current_texts(ctx, surveys)
     for s in surveys:
+        if s.facts:  # answered: its files were planned from its facts
+            out.planned[s.node.name] = s.files
         part = _survey_changes(ctx, chapter, s, texts.get(s.node.name, {}))
         out.rows += part.rows
         out.diffs += part.diffs
