@@ -256,3 +256,36 @@ def test_task_prints_a_page_without_asking_nodes(state):
 
     doc = json.loads(done.stdout)
     assert doc["number"] == 7 and doc["commands"][0]["where"] == "jumpbox"
+
+
+def test_deliveries_give_each_worker_only_its_own_key(ctx):
+    got = view.deliveries(ctx, node_chapters(ctx))
+    keys = {(d.node, d.jumpbox) for d in got if d.jumpbox.endswith(".key")}
+    for w in ctx.inv.workers:
+        mine = {j for n, j in keys if n == w.name}
+        assert mine == {f"kubelet-{w.name}.key"}, mine
+    etcd = {(d.node, d.path) for d in got if d.jumpbox.startswith("etcd-controller")}
+    assert all(p in ("/etc/etcd/etcd.crt", "/etc/etcd/etcd.key") for _, p in etcd)
+    assert {d.jumpbox for d in got if d.node == ctx.inv.controllers[0].name and d.path == "/etc/etcd/etcd.key"} == \
+        {f"etcd-{ctx.inv.controllers[0].name}.key"}
+
+
+def test_a_chapter_with_steps_types_them_after_its_files(ctx):
+    routes = next(c for c in REGISTRY if c.name == "pod-routes")
+    node = ctx.inv.workers[0]
+    unsurveyed = view.manual_sections(ctx, routes)
+    (mine,) = [s for s in unsurveyed if s.where == node.name]
+    assert mine.commands[-1].startswith(f"# and the chapter's own steps on {node.name}")
+    surveyed = view.manual_sections(ctx, routes, steps={node.name: ["ip route add 10.200.1.0/24 via 10.240.0.21"]})
+    (mine,) = [s for s in surveyed if s.where == node.name]
+    assert mine.commands[-1] == "ip route add 10.200.1.0/24 via 10.240.0.21"
+    assert any(c.startswith("install -m 0644 ") and c.endswith("hardway-pod-routes.service") for c in mine.commands)
+
+
+def test_scp_brackets_an_ipv6_address_ssh_does_not(ctx):
+    import dataclasses
+    import ipaddress
+
+    node = dataclasses.replace(ctx.inv.controllers[0], address=ipaddress.ip_address("fd00::10"))
+    assert manual.login(ctx.inv, node) == f"{ctx.inv.ssh.user}@fd00::10"
+    assert manual.login(ctx.inv, node, scp=True) == f"{ctx.inv.ssh.user}@[fd00::10]"

@@ -98,9 +98,10 @@ def ssh_options(inv: Inventory) -> list[str]:
     return opts
 
 
-def login(inv: Inventory, node: Node) -> str:
+def login(inv: Inventory, node: Node, *, scp: bool = False) -> str:
+    """user@host for ssh; scp needs an IPv6 address in brackets (its colon would start the path)."""
     host = str(node.address)
-    return f"{inv.ssh.user}@[{host}]" if ":" in host else f"{inv.ssh.user}@{host}"
+    return f"{inv.ssh.user}@[{host}]" if scp and ":" in host else f"{inv.ssh.user}@{host}"
 
 
 def jumpbox_section(inv: Inventory, node: Node, chapter: str, files: Sequence[File],
@@ -118,8 +119,9 @@ def jumpbox_section(inv: Inventory, node: Node, chapter: str, files: Sequence[Fi
     rendered = any(f.source is None and not f.secret for f, _ in copied)
     cmds = [render] if render and rendered else []
     cmds.append(f"ssh {opts} {where} {shlex.quote(f'install -d -m 0700 {stage}')}")
+    to = login(inv, node, scp=True)
     for f, src in copied:
-        cmds.append(f"scp -q {opts} {shlex.quote(str(src))} {shlex.quote(f'{where}:{stage}/{names[f.path]}')}")
+        cmds.append(f"scp -q {opts} {shlex.quote(str(src))} {shlex.quote(f'{to}:{stage}/{names[f.path]}')}")
     return Section("jumpbox", f"on the jumpbox: copy {node.name} its keys and binaries (never printed)", cmds)
 
 

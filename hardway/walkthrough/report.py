@@ -7,12 +7,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from hardway.chapters import REGISTRY
 from hardway.chapters.base import Context
 from hardway.table import format_table
-from hardway.walkthrough import progress, view
+from hardway.walkthrough import progress, tutorial, view
 from hardway.walkthrough.tutorial import TutorialChapter
 
 SECTIONS = ("files", "commands", "changes")
+# which PKI state files each jumpbox chapter makes (by their path in the state dir)
+PKI_FILES = {
+    "certificate": lambda p: "/" not in p and p.endswith((".crt", ".key", ".pub")),
+    "kubeconfig": lambda p: p.startswith("kubeconfigs/"),
+    "secret-mode": lambda p: p == "encryption-config.yaml",
+}
 
 
 def list_text(rows: Sequence[progress.ChapterState]) -> str:
@@ -45,6 +52,10 @@ def page(ctx: Context, t: TutorialChapter, state: progress.ChapterState | None,
                               "task": t.task, "doc": t.doc, "state": state.to_json() if state else None}
     chapter = t.chapter()
     out["on_nodes"] = chapter is not None and bool(chapter.targets(ctx.inv))
+    if t.kind == tutorial.PKI_PART:  # made on the jumpbox: where each of its files lands
+        wanted = PKI_FILES[t.part]
+        out["deliveries"] = [asdict(d) for d in view.deliveries(ctx, [c for c in REGISTRY if c.targets(ctx.inv)])
+                             if wanted(d.jumpbox)]
     if chapter is None or not out["on_nodes"]:
         out["files"], out["units"], out["commands"], out["changes"] = [], {}, [], None
         return out
@@ -55,7 +66,8 @@ def page(ctx: Context, t: TutorialChapter, state: progress.ChapterState | None,
         out["units"] = view.unit_texts(ctx, chapter, planned)
     if "commands" in sections:
         out["commands"] = [{"where": s.where, "title": s.title, "commands": s.commands}
-                           for s in view.manual_sections(ctx, chapter, planned)]
+                           for s in view.manual_sections(ctx, chapter, planned,
+                                                         changes.steps if changes is not None else None)]
     out["changes"] = changes.to_json() if changes is not None else None
     return out
 
@@ -66,9 +78,13 @@ def page_text(t: TutorialChapter, data: dict[str, object], state: progress.Chapt
     if state is not None and state.results:
         lines += ["", "checks:"]
         lines += [f"  {r.status.upper():5} {r.check} {r.node}: {r.detail}" for r in state.results]
+    if data.get("deliveries"):
+        lines += ["", "== made on the jumpbox; the node chapters push each file where it is used =="]
+        lines.append(format_table(("JUMPBOX FILE", "NODE", "PATH", "MODE", "PUSHED BY"),
+                                  [(d["jumpbox"], d["node"], d["path"], d["mode"], d["chapter"])
+                                   for d in data["deliveries"]]))  # type: ignore[union-attr]
     if not data.get("on_nodes"):
-        lines += ["", "No file lands on a node in this chapter: the page above says what it does, "
-                  f"{t.doc} how to check it by hand."]
+        lines += ["", f"This chapter installs nothing on the nodes itself; {t.doc} says how to check it by hand."]
         return "\n".join(lines)
     if files:
         lines += ["", "== files, per node (the plan the apply pushes) =="]

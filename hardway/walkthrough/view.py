@@ -113,16 +113,27 @@ def render_command(ctx: Context, node: Node) -> str:
             f"--pki-dir {shlex.quote(str(ctx.state.root))} --out {shlex.quote(str(build_dir(ctx)))}")
 
 
-def manual_sections(ctx: Context, chapter: Chapter, planned: Planned | None = None) -> list[manual.Section]:
-    """By hand, node after node: what to copy from the jumpbox, then what to type on the node."""
+def has_steps(chapter: Chapter) -> bool:
+    """Whether the chapter changes more than files and services (routes, --fix): computed from facts."""
+    return type(chapter).node_steps is not Chapter.node_steps
+
+
+def manual_sections(ctx: Context, chapter: Chapter, planned: Planned | None = None,
+                    steps: dict[str, list[str]] | None = None) -> list[manual.Section]:
+    """By hand, node after node: what to copy from the jumpbox, then what to type on the node. ``steps``:
+    node -> the chapter's own commands from its survey (the routes a node lacks), typed after the files."""
     out = []
     for node in chapter.targets(ctx.inv):
         files, src = _files(ctx, chapter, node, planned), sources(ctx, chapter, node)
         copy = manual.jumpbox_section(ctx.inv, node, chapter.name, files, src, render_command(ctx, node))
         if copy is not None:
             out.append(copy)
+        extra = list((steps or {}).get(node.name, []))
+        if not extra and steps is None and has_steps(chapter):
+            extra = [f"# and the chapter's own steps on {node.name}, from what it holds now: "
+                     f"`invoke chapter {chapter.name} --only commands,changes` asks it"]
         out.append(manual.node_section(node, chapter.name, files, src, chapter.node_units(node),
-                                       no_block=chapter.no_block_start))
+                                       no_block=chapter.no_block_start, extra=extra))
     return out
 
 
@@ -144,6 +155,7 @@ class Changes:
     # what the apply would install on each node surveyed: where a chapter plans from facts (the workers'
     # resolvConf), this, not the pure plan, is what the files and the typed commands must show
     planned: Planned = field(default_factory=dict)
+    steps: dict[str, list[str]] = field(default_factory=dict)  # node -> the chapter's own commands (routes)
 
     def to_json(self) -> dict[str, object]:
         return {"changes": [asdict(c) for c in self.rows],
@@ -203,8 +215,9 @@ def changes(ctx: Context, chapter: Chapter) -> Changes:
     surveys = chapter.survey(ctx, nodes)
     texts = _current_texts(ctx, surveys)
     for s in surveys:
-        if s.facts:  # answered: its files were planned from its facts
+        if s.facts:  # answered: its files were planned from its facts, its steps computed from them
             out.planned[s.node.name] = s.files
+            out.steps[s.node.name] = [st.command for st in chapter.node_steps(ctx, s)]
         part = _survey_changes(ctx, chapter, s, texts.get(s.node.name, {}))
         out.rows += part.rows
         out.diffs += part.diffs
@@ -225,3 +238,28 @@ def _current_texts(ctx: Context, surveys: Sequence[Survey]) -> dict[str, dict[st
 
     return {o.node.name: o.value for o in remote.fan_out(ctx.inv, nodes, read, connector=ctx.connector)
             if o.ok and o.value is not None}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A jumpbox file and where a node chapter puts it."""
+
+    jumpbox: str
+    node: str
+    path: str
+    mode: str
+    chapter: str
+
+
+def deliveries(ctx: Context, chapters: Sequence[Chapter]) -> list[Delivery]:
+    """Every PKI file the node chapters push, and where (what chapters 4-6 make, seen from the nodes)."""
+    out = []
+    for chapter in chapters:
+        for node in chapter.targets(ctx.inv):
+            src = sources(ctx, chapter, node)
+            for f in ctx.files(chapter, node):
+                origin = src.get(f.path)
+                if origin is not None and ctx.state.root in origin.parents:
+                    out.append(Delivery(str(origin.relative_to(ctx.state.root)), node.name, f.path, f"{f.mode:04o}",
+                                        chapter.name))
+    return out
