@@ -35,6 +35,7 @@ HELP = {
     "pki-dir": PKI_DIR_HELP,
     "timeout": "with --apply: seconds to wait for services to become healthy (default 90)",
     "adopt": "with --apply: replace files hardway did not deploy, keeping each as <path>.hardway-orig-<time>",
+    "fix": "chapters that repair what preflight finds (workers): show and, with --apply, do the repairs too",
 }
 
 
@@ -63,7 +64,7 @@ class _ChapterTask(Task):
 @task(klass=_ChapterTask, name="chapter", positional=["which"], auto_shortflags=False, help=HELP)
 @user_errors
 def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=False, inventory=None, pki_dir=None,
-            timeout=None, adopt=False):
+            timeout=None, adopt=False, fix=False):
     """Walk the tutorial: `--list`, `chapter N` (what, files, by hand, changes), `--apply`, `--next`."""
     from hardway import remote, walkthrough
     from hardway.walkthrough import report
@@ -78,6 +79,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
     with remote.Pool() as pool:
         ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
         ctx.progress = remote.QUIET  # looking changes nothing: no progress lines (stdout may be JSON)
+        ctx.fix = fix
         if list:
             rows = walkthrough.states(ctx)
             print(report.list_json(rows) if json else report.list_text(rows))
@@ -98,7 +100,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
             print(jsonlib.dumps(data, indent=2) if json else report.page_text(t, data, state))
             return
     with contextlib.redirect_stdout(sys.stderr) if json else contextlib.nullcontext():  # stdout: the JSON only
-        _apply(c, t, inventory, pki_dir, timeout, adopt)
+        _apply(c, t, inventory, pki_dir, timeout, adopt, fix)
     with remote.Pool() as pool:
         ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
         ctx.progress = remote.QUIET
@@ -109,7 +111,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
         raise Exit(None if json else f"chapter {t.number}: some checks fail (see above)", code=1)
 
 
-def _apply(c, t, inventory, pki_dir, timeout, adopt) -> None:
+def _apply(c, t, inventory, pki_dir, timeout, adopt, fix) -> None:
     """Run what does tutorial chapter ``t``: the same task a user would type."""
     from hardway import binaries, lab
     from hardway.walkthrough import tutorial
@@ -118,7 +120,12 @@ def _apply(c, t, inventory, pki_dir, timeout, adopt) -> None:
     from . import lab as lab_tasks
 
     if t.kind in (tutorial.NODES, tutorial.CLUSTER):
-        chapters.apply_task(t.chapter()).body(c, inventory=inventory, pki_dir=pki_dir, timeout=timeout, adopt=adopt)
+        chapter = t.chapter()
+        more = {"fix": fix} if chapter.fixable else {}
+        if fix and not chapter.fixable:
+            raise HardwayError(f"--fix: chapter {t.number} ({t.slug}) repairs nothing; it is for the workers (9)")
+        chapters.apply_task(chapter).body(c, inventory=inventory, pki_dir=pki_dir, timeout=timeout, adopt=adopt,
+                                          **more)
     elif t.kind == tutorial.PKI_PART:
         pki.pki_generate.body(c, inventory=inventory, pki_dir=pki_dir)
     elif t.kind == tutorial.ADMIN:

@@ -7,6 +7,7 @@ known_hosts), the node blocks over SSH as one script that stops at the first fai
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from hardway import jumpbox, remote, services
 from hardway.chapters import Context
 from hardway.chapters.control_plane import CHAPTER as CONTROL_PLANE
 from hardway.chapters.etcd import CHAPTER as ETCD
+from hardway.chapters.pod_routes import CHAPTER as POD_ROUTES
+from hardway.chapters.workers import CHAPTER as WORKERS
 from hardway.checks import FAIL, format_table
 from hardway.facts import file_hashes, file_stats, gather
 from hardway.remote import QUIET
@@ -32,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def walk(lab_factory):  # -> Context over a fresh lab: 1 controller, the load balancer
-    lab = lab_factory(controllers=1, workers=0, loadbalancers=1, prefix="w")
+def walk(lab_factory):  # -> Context over a fresh lab: 1 controller, 1 worker, the load balancer
+    lab = lab_factory(controllers=1, workers=1, loadbalancers=1, prefix="w")
     state = PkiState(lab.state_dir / "pki")
     jumpbox.generate(lab.inventory, state)
     ctx = Context(lab.inventory, state, cache_dir=ROOT / "build" / "cache", progress=QUIET)
@@ -41,9 +44,9 @@ def walk(lab_factory):  # -> Context over a fresh lab: 1 controller, the load ba
     shutil.rmtree(view.build_dir(ctx), ignore_errors=True)  # what the typed `invoke render` wrote
 
 
-def type_by_hand(ctx: Context, chapter) -> None:
+def type_by_hand(ctx: Context, chapter, planned=None, steps=None) -> None:
     """Every block of the manual view, as printed, in its order."""
-    for section in view.manual_sections(ctx, chapter):
+    for section in view.manual_sections(ctx, chapter, planned, steps):
         if section.where == "jumpbox":
             done = subprocess.run(["bash", "-c", manual.script(section)], capture_output=True, text=True, timeout=120,
                                   cwd=ROOT)
@@ -57,11 +60,11 @@ def type_by_hand(ctx: Context, chapter) -> None:
             r.close()
 
 
-def on_disk(ctx: Context, chapter) -> dict[str, dict[str, tuple]]:
+def on_disk(ctx: Context, chapter, planned=None) -> dict[str, dict[str, tuple]]:
     """node -> path -> (sha256, mode, owner, group) as the node holds it."""
     out = {}
     for node in chapter.targets(ctx.inv):
-        paths = [f.path for f in ctx.files(chapter, node)]
+        paths = [f.path for f in (planned or {}).get(node.name) or ctx.files(chapter, node)]
         r = remote.connect(ctx.inv, node)
         try:
             h, s = file_hashes(paths), file_stats(paths)
@@ -73,8 +76,9 @@ def on_disk(ctx: Context, chapter) -> dict[str, dict[str, tuple]]:
     return out
 
 
-def planned(ctx: Context, chapter) -> dict[str, dict[str, tuple]]:
-    return {n.name: {f.path: (f.sha256, f.mode, f.owner, f.group) for f in ctx.files(chapter, n)}
+def planned(ctx: Context, chapter, surveyed=None) -> dict[str, dict[str, tuple]]:
+    return {n.name: {f.path: (f.sha256, f.mode, f.owner, f.group)
+                     for f in (surveyed or {}).get(n.name) or ctx.files(chapter, n)}
             for n in chapter.targets(ctx.inv)}
 
 
@@ -111,6 +115,24 @@ def test_typed_control_plane_matches_the_apply(walk):
     assert all(not v for v in report.written.values()), report.summary()
     assert not [r for r in report.results if r.status == FAIL], format_table(report.results)
     assert states(ctx, [find("8")])[0].state == DONE
+
+
+def test_typed_workers_with_their_repairs_then_pod_routes_match_the_apply(walk):
+    """The workers' files are planned from each node's facts (resolvConf) and --fix adds repairs (a fresh
+    node forwards no IPv4): the typed view, taken from the survey, holds both."""
+    ctx = dataclasses.replace(walk, fix=True)
+    seen = view.changes(ctx, WORKERS)
+    assert any(c.what == "step" for c in seen.rows)  # the repairs, each with its command
+    type_by_hand(ctx, WORKERS, seen.planned, seen.steps)
+    assert on_disk(ctx, WORKERS, seen.planned) == planned(ctx, WORKERS, seen.planned)
+    report = WORKERS.apply(ctx)
+    assert all(not v for v in report.written.values()) and not report.steps, report.summary()
+
+    seen = view.changes(ctx, POD_ROUTES)
+    type_by_hand(ctx, POD_ROUTES, seen.planned, seen.steps)
+    report = POD_ROUTES.apply(ctx)
+    assert all(not v for v in report.written.values()) and not report.steps, report.summary()
+    assert not [r for r in report.results if r.status == FAIL], format_table(report.results)
 
 
 def test_changes_show_a_hand_edit_as_a_diff_and_a_key_only_as_differs(walk):
