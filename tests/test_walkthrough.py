@@ -4,19 +4,27 @@ real lab nodes by tests/test_walkthrough_lab.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import ipaddress
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from invoke import Collection
 
 from hardway.chapters import REGISTRY, Context
 from hardway.checks import FAIL, OK, SKIP, CheckResult
+from hardway.deploy import RECORD, Deployed
 from hardway.errors import HardwayError
 from hardway.files import File
+from hardway.state import PkiState
 from hardway.walkthrough import manual, progress, report, tutorial, view
+from tasks import walkthrough
+from tests.fakes import FakeCluster, FakeFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,8 +206,6 @@ def test_next_is_the_first_not_done_never_cleanup():
 
 
 def test_records_decide_started(ctx):
-    from hardway.deploy import Deployed
-
     rec = progress.Records({"controller-0": {"/etc/etcd/ca.crt": Deployed("x", 0o644, "root", "root", "etcd")},
                             "worker-0": None}, {"worker-0": "unreachable"})
     assert rec.holds("etcd", ["controller-0", "controller-1"]) and not rec.holds("workers", ["worker-0"])
@@ -235,10 +241,6 @@ def test_task_errors_are_one_line(args, line):
 
 def test_list_and_next_need_no_chapter(monkeypatch):
     """--list and --next stand in for the positional chapter (invoke would demand it otherwise)."""
-    from invoke import Collection
-
-    from tasks import walkthrough
-
     contexts = Collection(walkthrough.chapter).to_contexts()
     (ctx,) = contexts
     (which,) = ctx.positional_args
@@ -252,8 +254,6 @@ def test_task_prints_a_page_without_asking_nodes(state):
     assert done.returncode == 0, done.stderr
     assert "== files, per node" in done.stdout and "systemctl start --no-block etcd" in done.stdout
     done = invoke("chapter", "7", "--only", "commands", "--json", "--pki-dir", str(state.root))
-    import json
-
     doc = json.loads(done.stdout)
     assert doc["number"] == 7 and doc["commands"][0]["where"] == "jumpbox"
 
@@ -283,9 +283,35 @@ def test_a_chapter_with_steps_types_them_after_its_files(ctx):
 
 
 def test_scp_brackets_an_ipv6_address_ssh_does_not(ctx):
-    import dataclasses
-    import ipaddress
-
     node = dataclasses.replace(ctx.inv.controllers[0], address=ipaddress.ip_address("fd00::10"))
     assert manual.login(ctx.inv, node) == f"{ctx.inv.ssh.user}@fd00::10"
     assert manual.login(ctx.inv, node, scp=True) == f"{ctx.inv.ssh.user}@[fd00::10]"
+
+
+def test_states_over_the_fake(inv, state, tmp_path, monkeypatch):
+    """Unreachable nodes, nothing deployed, a missing PKI, a deployed chapter: each state from its checks."""
+    monkeypatch.setattr(progress, "ADMIN_TARGET", tmp_path / "kube" / "config")
+    cluster = FakeCluster()
+    ctx = Context(inv, state, connector=cluster.connector)
+    got = {s.slug: s for s in progress.states(ctx)}
+    assert got["compute-resources"].state == progress.DONE
+    assert got["certificate-authority"].state == progress.DONE
+    assert got["etcd"].state == progress.NOT_STARTED and got["etcd"].results == []
+    assert got["kubectl"].state == progress.NOT_STARTED
+    assert got["smoke-test"].state == progress.NOT_STARTED  # never run before the chapters under it are done
+    assert got["cleanup"].state == progress.DONE
+
+    cluster[inv.workers[1].name].unreachable = True
+    record = {"version": 1, "files": {"/etc/etcd/ca.crt": {"sha256": "0" * 64, "mode": "0644", "owner": "root",
+                                                           "group": "root", "chapter": "etcd"}}}
+    cluster[inv.controllers[0].name].files[RECORD] = FakeFile(json.dumps(record).encode(), 0o600)
+    got = {s.slug: s for s in progress.states(ctx)}
+    assert got["compute-resources"].state == progress.FAILING
+    assert inv.workers[1].name in got["compute-resources"].detail or any(
+        r.node == inv.workers[1].name and r.status == FAIL for r in got["compute-resources"].results)
+    assert got["etcd"].state == progress.FAILING and got["etcd"].results  # started: its real checks ran, and fail
+    assert got["cleanup"].state == progress.NOT_STARTED
+
+    empty = Context(inv, PkiState(tmp_path / "none"), connector=cluster.connector)
+    got = {s.slug: s for s in progress.states(empty, [tutorial.find(n) for n in ("4", "5", "6")])}
+    assert {s.state for s in got.values()} == {progress.NOT_STARTED}

@@ -152,7 +152,8 @@ def _pki_part(ctx: Context, part: str) -> tuple[list[CheckResult], bool]:
 ADMIN_TARGET = Path.home() / ".kube" / "config"  # where `invoke kubeconfig.admin` writes by default
 
 
-def _admin(ctx: Context, target: Path = ADMIN_TARGET) -> tuple[list[CheckResult], bool]:
+def _admin(ctx: Context, target: Path | None = None) -> tuple[list[CheckResult], bool]:
+    target = target or ADMIN_TARGET
     spec = next(s for s in kubeconfig.kubeconfig_specs(ctx.inv) if s.name == "admin")
     if not target.exists():
         return [], False
@@ -210,7 +211,7 @@ def chapter_state(ctx: Context, t: TutorialChapter, rec: Records, earlier_done: 
         state = DONE if not held else NOT_STARTED
         detail = (f"{len(held)} node(s) hold files hardway deployed" if held else
                   "no node holds anything hardway deployed")
-        return ChapterState(t.number, t.slug, t.title, state, detail, t.task, results)
+        return ChapterState(t.number, t.slug, t.title, state, detail, t.command, results)
     else:
         chapter = t.chapter()
         assert chapter is not None
@@ -224,7 +225,7 @@ def chapter_state(ctx: Context, t: TutorialChapter, rec: Records, earlier_done: 
         if started:
             results = run_checks(chapter.checks(ctx))
     state, detail = judged(results, started=started, why_not=why_not)
-    return ChapterState(t.number, t.slug, t.title, state, detail, t.task, results)
+    return ChapterState(t.number, t.slug, t.title, state, detail, t.command, results)
 
 
 def states(ctx: Context, chapters: Sequence[TutorialChapter] = CHAPTERS) -> list[ChapterState]:

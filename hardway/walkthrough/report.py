@@ -23,7 +23,7 @@ PKI_FILES = {
 
 
 def list_text(rows: Sequence[progress.ChapterState]) -> str:
-    table = format_table(("NN", "CHAPTER", "STATE", "TASK", "DETAIL"),
+    table = format_table(("NN", "CHAPTER", "STATE", "DO IT WITH", "DETAIL"),
                          [(f"{r.number:02d}", r.slug, r.state.upper(), r.task, r.detail) for r in rows])
     nxt = progress.first_not_done(rows)
     tail = (f"next: {nxt.number:02d} {nxt.slug}: `invoke chapter {nxt.number}` shows it, "
@@ -38,7 +38,7 @@ def list_json(rows: Sequence[progress.ChapterState]) -> str:
 
 def _header(t: TutorialChapter, state: progress.ChapterState | None) -> list[str]:
     c = t.chapter()
-    by = f"hardway: `invoke {t.task}`" + (f" (chapter {c.name})" if c is not None else "")
+    by = f"hardway: `{t.command}`" + (f" (chapter {c.name})" if c is not None else "")
     lines = [f"{t.label} {t.title}", "", t.summary, "", by, f"read: {t.doc}"]
     if state is not None:
         lines.append(f"state: {state.state} ({state.detail})")

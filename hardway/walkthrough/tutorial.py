@@ -31,6 +31,11 @@ class TutorialChapter:
     part: str = ""  # for a part of the pki chapter: which of its checks ("certificate", "kubeconfig", ...)
 
     @property
+    def command(self) -> str:
+        """What a person types to do it: `invoke TASK`, or the shell command itself."""
+        return self.task if " " in self.task else f"invoke {self.task}"
+
+    @property
     def label(self) -> str:
         return f"{self.number:02d}"
 
