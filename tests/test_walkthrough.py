@@ -315,3 +315,16 @@ def test_states_over_the_fake(inv, state, tmp_path, monkeypatch):
     empty = Context(inv, PkiState(tmp_path / "none"), connector=cluster.connector)
     got = {s.slug: s for s in progress.states(empty, [tutorial.find(n) for n in ("4", "5", "6")])}
     assert {s.state for s in got.values()} == {progress.NOT_STARTED}
+
+
+def test_apply_a_jumpbox_chapter_then_its_state(inv, tmp_path):
+    """`invoke chapter 4 --apply` is `invoke pki`; its state then needs no node (none is dialed)."""
+    pki_dir = tmp_path / "pki"
+    done = invoke("chapter", "4", "--apply", "--json", "--pki-dir", str(pki_dir))
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)
+    assert state["state"] == progress.DONE and all(r["status"] == OK for r in state["results"])
+    assert "issued" in done.stderr or "kept" in done.stderr  # `invoke pki`'s own report, on stderr with --json
+    page = json.loads(invoke("chapter", "encryption-keys", "--json", "--pki-dir", str(pki_dir)).stdout)
+    assert page["state"]["state"] == progress.DONE
+    assert {d["path"] for d in page["deliveries"]} == {"/etc/kubernetes/encryption-config.yaml"}

@@ -229,8 +229,9 @@ def chapter_state(ctx: Context, t: TutorialChapter, rec: Records, earlier_done: 
 
 
 def states(ctx: Context, chapters: Sequence[TutorialChapter] = CHAPTERS) -> list[ChapterState]:
-    """Every tutorial chapter's state, in order (the node records are read once)."""
-    rec = read_records(ctx)
+    """Every tutorial chapter's state, in order (the node records are read once, and only when a chapter
+    needs them: the jumpbox chapters never dial a node)."""
+    rec = read_records(ctx) if any(t.kind in (MACHINES, NODES, CLEANUP) for t in chapters) else Records({}, {})
     out: list[ChapterState] = []
     for t in chapters:
         earlier = all(s.state in (DONE, SKIPPED) for s in out if s.number < t.number and s.number != 13)
