@@ -232,6 +232,9 @@ def invoke(*args: str) -> subprocess.CompletedProcess[str]:
     (("7", "--list"), "error: give one of"),
     (("99",), "error: no tutorial chapter '99'"),
     (("7", "--only", "pictures"), "error: --only: pictures is not one of files, commands, changes"),
+    (("13", "--apply"), "error: cleanup removes the cluster, so `invoke chapter` leaves it to you"),
+    (("1", "--apply"), "error: prerequisites: install the jumpbox's tools with `bash scripts/setup.sh`"),
+    (("7", "--apply", "--fix"), "error: --fix: chapter 7 (etcd) repairs nothing"),
 ])
 def test_task_errors_are_one_line(args, line):
     done = invoke("chapter", *args)
