@@ -100,3 +100,19 @@ def ensure_encryption_config(inv: Inventory, state: PkiState) -> Generated:
         return Generated("encryption-config", _NAME, "kept", (fixed,) if fixed else ())
     localfs.write_atomic(path, render(inv.encryption_provider, secrets.token_bytes(KEY_BYTES)), localfs.SECRET_MODE)
     return Generated("encryption-config", _NAME, "written", (f"new {inv.encryption_provider} key",))
+
+
+def problem(inv: Inventory, state: PkiState) -> str | None:
+    """Why the jumpbox's encryption config is not the one hardway would use (missing, unreadable, another
+    provider, readable by others), or None. Never quotes the file: it holds the key."""
+    path = state.encryption_config
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"{path} missing: run `invoke pki`"
+    try:
+        _validate(inv, state, data)
+    except HardwayError as exc:
+        return str(exc)
+    mode = path.stat().st_mode & 0o777
+    return f"{path} is {mode:04o}, want 0600: chmod 600 {path}" if mode & 0o077 else None

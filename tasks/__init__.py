@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoke import Collection
 
-from . import chapters, day2, kubeconfig, lab, pki, render, rotate
+from . import chapters, day2, kubeconfig, lab, pki, render, rotate, walkthrough
 
 ns = Collection()
 ns.add_collection(pki.pki)
@@ -24,3 +24,4 @@ ns.add_collection(kubeconfig.kubeconfig_ns)
 ns.add_task(rotate.rotate_certs)
 chapters.add_apply_tasks(ns)
 day2.add_to(ns)
+ns.add_task(walkthrough.chapter)
