@@ -247,7 +247,7 @@ def test_worker_units_reference_planned_files(inv, plans, tmp_path):
     for w in inv.workers:
         paths = {f.path for f in plans[w.name]}
         kubelet = _unit_argv(plans[w.name], "kubelet", tmp_path)
-        assert f"--node-ip={w.address}" in kubelet and "--register-node=true" in kubelet
+        assert f"--node-ip={w.address}" in kubelet and "--register-node" not in kubelet
         for name in ("kubelet", "kube-proxy", "containerd"):
             for arg in _unit_argv(plans[w.name], name, tmp_path)[1:]:
                 value = arg.partition("=")[2]

@@ -373,7 +373,9 @@ def worker(inv, state, tmp_path, api_port):
 
 def test_kubelet_serves_10250_demanding_client_certs_and_plain_healthz(inv, state, programs, worker, apiserver):
     tree, doc = worker
-    proc = Proc(programs["kubelet"], tree.argv(workers.kubelet_argv(inv, inv.workers[0]))).until_ready()
+    # hardway renders no deprecated flag any more: add one to see the stand-in warn about it
+    argv = [*workers.kubelet_argv(inv, inv.workers[0]), "--register-node=true"]
+    proc = Proc(programs["kubelet"], tree.argv(argv)).until_ready()
     try:
         assert get(f"https://127.0.0.1:{doc['port']}/healthz", state, cert="apiserver-kubelet-client") == (200, "ok")
         with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
