@@ -54,7 +54,7 @@ def test_defaults_and_api_endpoint_falls_back_to_first_controller() -> None:
     assert inv.cluster_domain == "cluster.local"
     assert inv.ssh.user == "root" and inv.ssh.become == "root"
     assert inv.etcd.data_dir == "/var/lib/etcd"
-    assert inv.encryption_provider == "aescbc"
+    assert inv.encryption_provider == "secretbox" and not inv.encryption_provider_given
     assert inv.node("worker-0").pod_cidr == ipaddress.ip_network("10.200.0.0/24")
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hardway import remote
+from hardway import encryption, remote
 from hardway.chapters.base import ApplyReport, Chapter, Context
 from hardway.chapters.etcd.files import ctl
 from hardway.chapters.workers import node as worker_node
@@ -204,7 +204,7 @@ def encryption_step(ctx: Context, access: ClusterAccess, created: list[str]) -> 
                        f"if it exists from an earlier run, `kubectl delete secret {OBJECT}`")
     created.append(f"secret/{OBJECT}")
     raw = etcd_value(ctx, f"/registry/secrets/default/{OBJECT}")
-    want = f"k8s:enc:{ctx.inv.encryption_provider}:v1:".encode()
+    want = f"k8s:enc:{encryption.load(ctx.state)[0].provider}:v1:".encode()  # the key that encrypts now
     if raw is None:
         return _result("encryption", FAIL, f"secret {OBJECT} not found in etcd from any controller",
                        "run `invoke verify --chapter etcd`")
