@@ -140,12 +140,21 @@ def load(state: PkiState) -> list[Key]:
         raise HardwayError(f"{state.encryption_config}: missing; run `invoke pki` first") from None
 
 
+def rotation_under_way(state: PkiState) -> bool:
+    """A key rotation was begun and not finished (its state file holds no ``done``)."""
+    try:
+        doc = yaml.safe_load((state.root / ROTATION_STATE).read_bytes())
+    except (FileNotFoundError, yaml.YAMLError):
+        return False
+    return not (isinstance(doc, dict) and doc.get("done"))
+
+
 def _validate(inv: Inventory, state: PkiState, data: bytes) -> None:
     """Raise unless ``data`` is a config we would write for this inventory."""
     path = state.encryption_config
     keys = parse(data, path)
     provider = keys[0].provider
-    rotating = (state.root / ROTATION_STATE).is_file()
+    rotating = rotation_under_way(state)
     if inv.encryption_provider_given and provider != inv.encryption_provider and not rotating:
         raise _refuse(
             path, f"encrypts Secrets with {provider!r}, the inventory asks for {inv.encryption_provider!r}",

@@ -27,6 +27,7 @@ PINNED_VERSION = "1.32.3"  # the flag data's version (hardway/data/kubernetes/1.
 CA, CA_KEY = f"{K8S_PKI}/ca.crt", f"{K8S_PKI}/ca.key"
 ETCD_CA = f"{K8S_PKI}/etcd-ca.crt"
 ETCD_CLIENT_CERT, ETCD_CLIENT_KEY = f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.crt", f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.key"
+ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
 ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"  # admin-local: https://127.0.0.1:6443, for kubectl on the node
 RBAC_TEMPLATE = "configs/apiserver-to-kubelet-rbac.yaml.j2"
 
@@ -68,7 +69,7 @@ def kube_apiserver_argv(inv: Inventory, node: Node) -> list[str]:
         f"--etcd-cafile={ETCD_CA}",
         f"--etcd-certfile={ETCD_CLIENT_CERT}",
         f"--etcd-keyfile={ETCD_CLIENT_KEY}",
-        f"--encryption-provider-config={K8S_DIR}/encryption-config.yaml",
+        f"--encryption-provider-config={ENCRYPTION_CONFIG}",
         f"--kubelet-certificate-authority={CA}",
         f"--kubelet-client-certificate={K8S_PKI}/apiserver-kubelet-client.crt",
         f"--kubelet-client-key={K8S_PKI}/apiserver-kubelet-client.key",
@@ -152,7 +153,7 @@ def plan_files(p: Planner) -> None:
     p.pki(ETCD_CLIENT_KEY, s.key(APISERVER_ETCD_CLIENT), api, secret=True)
     p.pki(f"{K8S_PKI}/service-accounts.key", s.key("service-accounts"), api + cm, secret=True)
     p.pki(f"{K8S_PKI}/service-accounts.pub", s.public_key("service-accounts"), api)
-    p.pki(f"{K8S_DIR}/encryption-config.yaml", s.encryption_config, api, secret=True)
+    p.pki(ENCRYPTION_CONFIG, s.encryption_config, api, secret=True)
     p.pki(f"{K8S_DIR}/kube-controller-manager.kubeconfig", s.kubeconfig("kube-controller-manager"), cm,
           secret=True)
     p.pki(f"{K8S_DIR}/kube-scheduler.kubeconfig", s.kubeconfig("kube-scheduler"), sched, secret=True)
