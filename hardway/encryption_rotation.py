@@ -232,7 +232,7 @@ def still_old(labels: dict[str, str], new: Key) -> dict[str, str]:
     return {k: v for k, v in labels.items() if v != new.label}
 
 
-def _old_error(old: dict[str, str], new: Key, what: str) -> HardwayError:
+def _old_error(old: dict[str, str], new: Key, what: str, resume: str) -> HardwayError:
     first = sorted(old)[0]
     counts: dict[str, int] = {}
     for label in old.values():
@@ -240,7 +240,7 @@ def _old_error(old: dict[str, str], new: Key, what: str) -> HardwayError:
     under = ", ".join(f"{n} under {label}" for label, n in sorted(counts.items()))
     return HardwayError(f"{what}: {len(old)} Secret(s) in etcd are not under {new.label} ({under}; e.g. {first}); "
                         f"dropping their key would make them unreadable, so it stays. Rewrite them through the "
-                        f"API (`{REWRITE}`), then re-run `invoke rotate-encryption-key`: it resumes here")
+                        f"API (`{REWRITE}`), then re-run `{resume}`: it resumes here")
 
 
 # --- doing ---------------------------------------------------------------------------------------
@@ -249,6 +249,11 @@ def _old_error(old: dict[str, str], new: Key, what: str) -> HardwayError:
 @dataclass
 class Outcome:
     lines: list[str] = field(default_factory=list)  # "step: ok|skipped: stand-in|...: detail"
+
+    def say(self, ctx: Context, line: str) -> None:
+        """Shown as it happens (an interrupted run still showed it) and kept for the report."""
+        self.lines.append(line)
+        ctx.progress("jumpbox", line)
 
 
 def _push(ctx: Context, rot: Rotation, stage: int, names: Sequence[str]) -> None:
@@ -270,20 +275,20 @@ def _push(ctx: Context, rot: Rotation, stage: int, names: Sequence[str]) -> None
         raise HardwayError(f"push of stage {STAGES[stage]} failed on {error}")
 
 
-def _verify(ctx: Context, rot: Rotation, stage: int, out: Outcome) -> None:
+def _verify(ctx: Context, rot: Rotation, stage: int, out: Outcome, resume: str) -> None:
     views = place(rot, look(ctx))
     wrong = [f"{v.node.name} has stage {STAGES[v.stage or 0]}" for v in views if v.stage != stage]
     wrong += [f"{v.node.name}'s apiserver runs an older config" for v in views if v.stale]
     wrong += [f"{v.node.name}'s apiserver is not running" for v in views if not v.active]
     if wrong:
-        raise HardwayError(f"stage {STAGES[stage]} not reached: {'; '.join(wrong)}")
-    out.lines.append(f"stage {STAGES[stage]}: ok: every apiserver ({len(views)}) runs {rot.describe(stage)}, "
+        raise HardwayError(f"stage {STAGES[stage]} not reached: {'; '.join(wrong)}; re-run `{resume}`")
+    out.say(ctx, f"stage {STAGES[stage]}: ok: every apiserver ({len(views)}) runs {rot.describe(stage)}, "
                      "restarted one at a time and ready")
 
 
-def _rewrite(ctx: Context, state: PkiState, rot: Rotation, out: Outcome) -> None:
+def _rewrite(ctx: Context, state: PkiState, rot: Rotation, out: Outcome, resume: str) -> None:
     if cp_files.is_standin(ctx.inv, APISERVER):
-        out.lines.append(f"rewrite every Secret: {SKIPPED_STANDIN} (the stand-in apiserver serves no API; "
+        out.say(ctx, f"rewrite every Secret: {SKIPPED_STANDIN} (the stand-in apiserver serves no API; "
                          f"a real one runs `{REWRITE}`)")
     else:
         from hardway.chapters.control_plane.apply import kubectl
@@ -294,19 +299,19 @@ def _rewrite(ctx: Context, state: PkiState, rot: Rotation, out: Outcome) -> None
         put = kubectl(ctx, "replace", "-f", "-", stdin=got.stdout)
         if put.returncode != 0:
             raise HardwayError(f"kubectl replace: {put.stderr.strip()[:200]}")
-        out.lines.append(f"rewrite every Secret: ok ({len(json.loads(got.stdout).get('items', []))} replaced)")
+        out.say(ctx, f"rewrite every Secret: ok ({len(json.loads(got.stdout).get('items', []))} replaced)")
     labels = secret_keys(ctx)
     if (old := still_old(labels, rot.new)):
-        raise _old_error(old, rot.new, "after the rewrite")
-    out.lines.append(f"etcd: ok: all {len(labels)} Secret(s) stored under {rot.new.label} (prefix "
+        raise _old_error(old, rot.new, "after the rewrite", resume)
+    out.say(ctx, f"etcd: ok: all {len(labels)} Secret(s) stored under {rot.new.label} (prefix "
                      f"{rot.new.prefix.decode()})")
     rot.rewritten = True
     save_rotation(state, rot)
 
 
-def _guard(ctx: Context, rot: Rotation) -> None:
+def _guard(ctx: Context, rot: Rotation, resume: str) -> None:
     if (old := still_old(secret_keys(ctx), rot.new)):
-        raise _old_error(old, rot.new, f"before dropping {', '.join(k.label for k in rot.old)}")
+        raise _old_error(old, rot.new, f"before dropping {', '.join(k.label for k in rot.old)}", resume)
 
 
 def _local(state: PkiState, rot: Rotation, stage: int) -> None:
@@ -314,10 +319,10 @@ def _local(state: PkiState, rot: Rotation, stage: int) -> None:
     localfs.write_atomic(state.encryption_config, rot.data(stage), localfs.SECRET_MODE)
 
 
-def _finish(state: PkiState, rot: Rotation, out: Outcome) -> None:
+def _finish(ctx: Context, state: PkiState, rot: Rotation, out: Outcome) -> None:
     _local(state, rot, DROPPED)
     save_rotation(state, None, done=rot.new.label)
-    out.lines.append(f"done: Secrets are encrypted with {rot.new.label}; "
+    out.say(ctx, f"done: Secrets are encrypted with {rot.new.label}; "
                      f"{', '.join(k.label for k in rot.old)} dropped")
 
 
@@ -379,16 +384,16 @@ def prepare(ctx: Context, *, another: bool = False, resume: str = "invoke rotate
                                                                     APISERVER), final=resume)
         elif a.kind == "verify":
             proc.add("jumpbox", f"stage {name}: verify every apiserver runs it and is ready", "",
-                     partial(_verify, ctx, rot, a.stage, out), final=resume)
+                     partial(_verify, ctx, rot, a.stage, out, resume), final=resume)
         elif a.kind == "rewrite":
             proc.add("jumpbox", f"rewrite every Secret under {rot.new.label}, then read each one's prefix from etcd",
                      f"{REWRITE}\netcdctl get --prefix {SECRETS_PREFIX} -w json  # each value begins "
-                     f"{rot.new.prefix.decode()}", partial(_rewrite, ctx, state, rot, out), final=resume)
+                     f"{rot.new.prefix.decode()}", partial(_rewrite, ctx, state, rot, out, resume), final=resume)
         elif a.kind == "guard":
             proc.add("jumpbox", f"check etcd holds no Secret under {', '.join(k.label for k in rot.old)}",
-                     f"etcdctl get --prefix {SECRETS_PREFIX} -w json", partial(_guard, ctx, rot), final=resume)
+                     f"etcdctl get --prefix {SECRETS_PREFIX} -w json", partial(_guard, ctx, rot, resume), final=resume)
     proc.add("jumpbox", f"finish: PKI dir's config = {rot.new.label}; rotation recorded as done", "",
-             partial(_finish, state, rot, out), final=resume)
+             partial(_finish, ctx, state, rot, out), final=resume)
     return Run(proc, out, rot, started)
 
 

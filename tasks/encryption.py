@@ -29,9 +29,9 @@ def rotate_encryption_key(c, inventory=None, pki_dir=None, dry_run=False, anothe
         (f" --pki-dir {pki_dir}" if pki_dir else "")
     with remote.Pool() as pool:
         ctx = context(inv, state, connector=pool, timeout=wait)
-        text, outcome = encryption_rotation.rotate(ctx, another=another, resume=resume, dry_run=dry_run)
-    print(text)
-    for line in outcome.lines:
-        print(line)
-    if dry_run and text and not text.startswith("nothing to do"):
+        text, _ = encryption_rotation.rotate(ctx, another=another, resume=resume, dry_run=dry_run,
+                                             before=lambda proc: print(proc.describe()))
+    if dry_run or text.startswith("nothing to do"):
+        print(text)  # else the steps were shown before they ran, and each one as it ran
+    if dry_run and not text.startswith("nothing to do"):
         print("dry run: nothing was changed")
