@@ -14,7 +14,7 @@ from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.paths import APISERVER_PORT, BIN, K8S_DIR, K8S_PKI, unit_file
-from hardway.pki.catalogue import APISERVER_ETCD_CLIENT, ETCD_CA_NAME
+from hardway.pki.catalogue import APISERVER_ETCD_CLIENT, ETCD_CA_NAME, FRONT_PROXY_CA_NAME, FRONT_PROXY_CLIENT
 from hardway.planner import Planner
 from hardway.templates import render
 
@@ -28,6 +28,8 @@ CA, CA_KEY = f"{K8S_PKI}/ca.crt", f"{K8S_PKI}/ca.key"
 ETCD_CA = f"{K8S_PKI}/etcd-ca.crt"
 ETCD_CLIENT_CERT, ETCD_CLIENT_KEY = f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.crt", f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.key"
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
+FRONT_PROXY_CA = f"{K8S_PKI}/{FRONT_PROXY_CA_NAME}.crt"
+FRONT_PROXY_CERT, FRONT_PROXY_KEY = f"{K8S_PKI}/{FRONT_PROXY_CLIENT}.crt", f"{K8S_PKI}/{FRONT_PROXY_CLIENT}.key"
 ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"  # admin-local: https://127.0.0.1:6443, for kubectl on the node
 RBAC_TEMPLATE = "configs/apiserver-to-kubelet-rbac.yaml.j2"
 
@@ -83,7 +85,25 @@ def kube_apiserver_argv(inv: Inventory, node: Node) -> list[str]:
         f"--service-cluster-ip-range={inv.service_cidr}",
         "--service-node-port-range=30000-32767",
         "--event-ttl=1h",
+        *aggregation_flags(inv, node),
         "--v=2",
+    ]
+
+
+def aggregation_flags(inv: Inventory, node: Node) -> list[str]:
+    """The aggregation layer (extension apiservers such as metrics-server, hence `kubectl top`): the
+    apiserver proxies to them with a client certificate of the front-proxy CA, naming the user in headers."""
+    return [
+        f"--requestheader-client-ca-file={FRONT_PROXY_CA}",
+        f"--requestheader-allowed-names={pki.spec_for(inv, FRONT_PROXY_CLIENT).common_name}",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        f"--proxy-client-cert-file={FRONT_PROXY_CERT}",
+        f"--proxy-client-key-file={FRONT_PROXY_KEY}",
+        # No kube-proxy on this controller: reach an extension apiserver at its endpoint (pod) IP, not its
+        # Service IP (which only kube-proxy's rules make routable).
+        *([] if node.is_worker else ["--enable-aggregator-routing=true"]),
     ]
 
 
@@ -151,6 +171,9 @@ def plan_files(p: Planner) -> None:
     p.pki(ETCD_CA, s.cert(ETCD_CA_NAME), api)
     p.pki(ETCD_CLIENT_CERT, s.cert(APISERVER_ETCD_CLIENT), api)
     p.pki(ETCD_CLIENT_KEY, s.key(APISERVER_ETCD_CLIENT), api, secret=True)
+    p.pki(FRONT_PROXY_CA, s.cert(FRONT_PROXY_CA_NAME), api)
+    p.pki(FRONT_PROXY_CERT, s.cert(FRONT_PROXY_CLIENT), api)
+    p.pki(FRONT_PROXY_KEY, s.key(FRONT_PROXY_CLIENT), api, secret=True)
     p.pki(f"{K8S_PKI}/service-accounts.key", s.key("service-accounts"), api + cm, secret=True)
     p.pki(f"{K8S_PKI}/service-accounts.pub", s.public_key("service-accounts"), api)
     p.pki(ENCRYPTION_CONFIG, s.encryption_config, api, secret=True)
