@@ -99,6 +99,8 @@ def test_controller_file_set(inv, plans):
         "/etc/systemd/system/kube-scheduler.service", "/etc/systemd/system/hardway-pod-routes.service",
         "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
         "/etc/kubernetes/pki/apiserver-etcd-client.key",
+        "/etc/kubernetes/pki/front-proxy-ca.crt", "/etc/kubernetes/pki/front-proxy-client.crt",
+        "/etc/kubernetes/pki/front-proxy-client.key",
         # the sample names no Kubernetes binaries: the stand-ins (its etcd binaries do not exist: none)
         "/usr/local/bin/kube-apiserver", "/usr/local/bin/kube-controller-manager", "/usr/local/bin/kube-scheduler",
     }
