@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from hardway.errors import HardwayError
+from hardway.inventory_audit import AuditSettings, parse_audit
 from hardway.inventory_rules import (
     APISERVER_PORT,
     IPV6_NODE_MASK_MAX_DIFF,
@@ -132,6 +133,7 @@ class Inventory:
     encryption_provider: str = "secretbox"
     encryption_provider_given: bool = False  # else an existing config's provider is kept (clusters made before)
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     warnings: tuple[str, ...] = ()
     # "file:line: versions.NAME" of each given version, so a later check can name the line to fix
     versions_where: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False,
@@ -184,7 +186,7 @@ def https_url(address: IPAddress, port: int) -> str:
 # Loading
 
 
-_TOP = ("cluster", "api_endpoint", "versions", "pki", "encryption", "ssh", "binaries", "etcd", "nodes")
+_TOP = ("cluster", "api_endpoint", "versions", "pki", "encryption", "audit", "ssh", "binaries", "etcd", "nodes")
 
 
 def load(path: str | Path) -> Inventory:
@@ -259,7 +261,7 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
         extra_sans=MappingProxyType(extra_sans), cert_validity_days=validity,
         ca_validity_days=ca_validity, renew_within_days=renew, encryption_provider=provider,
         encryption_provider_given=provider_given,
-        etcd=_etcd(top.get(f, "etcd")), warnings=tuple(warnings),
+        etcd=_etcd(top.get(f, "etcd")), audit=parse_audit(top.get(f, "audit")), warnings=tuple(warnings),
     )
 
 

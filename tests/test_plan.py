@@ -94,7 +94,7 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/pki/service-accounts.key", "/etc/kubernetes/pki/service-accounts.pub",
         "/etc/kubernetes/encryption-config.yaml", "/etc/kubernetes/admin.kubeconfig",
         "/etc/kubernetes/kube-controller-manager.kubeconfig", "/etc/kubernetes/kube-scheduler.kubeconfig",
-        "/etc/kubernetes/config/kube-scheduler.yaml",
+        "/etc/kubernetes/config/kube-scheduler.yaml", "/etc/kubernetes/config/audit-policy.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
         "/etc/systemd/system/kube-scheduler.service", "/etc/systemd/system/hardway-pod-routes.service",
         "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",

@@ -28,6 +28,7 @@ CA, CA_KEY = f"{K8S_PKI}/ca.crt", f"{K8S_PKI}/ca.key"
 ETCD_CA = f"{K8S_PKI}/etcd-ca.crt"
 ETCD_CLIENT_CERT, ETCD_CLIENT_KEY = f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.crt", f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.key"
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
+AUDIT_POLICY = f"{K8S_DIR}/config/audit-policy.yaml"
 FRONT_PROXY_CA = f"{K8S_PKI}/{FRONT_PROXY_CA_NAME}.crt"
 FRONT_PROXY_CERT, FRONT_PROXY_KEY = f"{K8S_PKI}/{FRONT_PROXY_CLIENT}.crt", f"{K8S_PKI}/{FRONT_PROXY_CLIENT}.key"
 ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"  # admin-local: https://127.0.0.1:6443, for kubectl on the node
@@ -85,6 +86,12 @@ def kube_apiserver_argv(inv: Inventory, node: Node) -> list[str]:
         f"--service-cluster-ip-range={inv.service_cidr}",
         "--service-node-port-range=30000-32767",
         "--event-ttl=1h",
+        # The audit log (the tutorial's apiserver keeps one; hardway's did not): metadata of every request.
+        f"--audit-policy-file={AUDIT_POLICY}",
+        f"--audit-log-path={inv.audit.log_path}",
+        f"--audit-log-maxage={inv.audit.max_age_days}",
+        f"--audit-log-maxbackup={inv.audit.max_backups}",
+        f"--audit-log-maxsize={inv.audit.max_size_mb}",
         *aggregation_flags(inv, node),
         "--v=2",
     ]
@@ -181,6 +188,7 @@ def plan_files(p: Planner) -> None:
           secret=True)
     p.pki(f"{K8S_DIR}/kube-scheduler.kubeconfig", s.kubeconfig("kube-scheduler"), sched, secret=True)
     p.pki(ADMIN_KUBECONFIG, s.kubeconfig("admin-local"), (), secret=True)
+    p.template(AUDIT_POLICY, "configs/audit-policy.yaml.j2", api)
     p.template(f"{K8S_DIR}/config/kube-scheduler.yaml", "configs/kube-scheduler.yaml.j2", sched,
                kubeconfig=f"{K8S_DIR}/kube-scheduler.kubeconfig")
     for component in COMPONENTS:
