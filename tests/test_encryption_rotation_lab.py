@@ -89,6 +89,12 @@ def test_rotation_interrupted_guarded_resumed_and_then_a_no_op(enc_lab) -> None:
     put = ctl(inv, c0, f"put {LEGACY} {shlex.quote(old.prefix.decode() + 'ciphertext')}")
     assert run_on(inv, c0, put).ok
     resume = f"invoke rotate-encryption-key --inventory {the_lab.inventory_path} --pki-dir {state.root}"
+    # 0. the dry run, as a user types it: every step, nothing changed
+    before_config = state.encryption_config.read_bytes()
+    proc = run_printed(resume + " --dry-run")
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("dry run: nothing was changed"), proc.stdout
+    assert proc.stdout.count("restart kube-apiserver (drain") == 9 and "kubectl replace -f -" in proc.stdout
+    assert state.encryption_config.read_bytes() == before_config and not er.state_file(state).exists()
 
     poller = Poller(str(inv.api_endpoint.address), inv.api_endpoint.port, state)
     poller.start()
@@ -168,5 +174,10 @@ def test_rotation_interrupted_guarded_resumed_and_then_a_no_op(enc_lab) -> None:
         assert "providers secretbox, identity; every key well formed" in journal
     results = CP.verify(Context(inv, state, progress=QUIET))
     assert not [r for r in results if r.status == FAIL], [r for r in results if r.status == FAIL]
+    # the audit log is written on every controller (HAProxy's checks and the polls above are audited), and
+    # the aggregation layer's flags and files agree
+    for check in ("audit-log", "aggregation"):
+        assert sorted(r.node for r in results if r.check == check and r.status == "ok") == \
+            [c.name for c in inv.controllers], [r for r in results if r.check == check]
     digest = hashlib.sha256(state.encryption_config.read_bytes()).hexdigest()
     assert {run_on(inv, c, f"sha256sum {er.CONFIG}").stdout.split()[0] for c in inv.controllers} == {digest}
