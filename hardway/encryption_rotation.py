@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -78,7 +79,7 @@ class Rotation:
         return ", ".join(k.label for k in self.keys(stage))
 
 
-def state_file(state: PkiState) -> Any:
+def state_file(state: PkiState) -> Path:
     return state.root / encryption.ROTATION_STATE
 
 
@@ -330,8 +331,7 @@ def _finish(ctx: Context, state: PkiState, rot: Rotation, out: Outcome) -> None:
 class Run:
     procedure: Procedure
     outcome: Outcome
-    rotation: Rotation | None
-    started: bool  # this run begins a new rotation (a dry run shows the key it would make)
+    rotation: Rotation | None  # None: nothing to do
 
 
 def prepare(ctx: Context, *, another: bool = False, resume: str = "invoke rotate-encryption-key") -> Run:
@@ -341,7 +341,6 @@ def prepare(ctx: Context, *, another: bool = False, resume: str = "invoke rotate
     rot, done = load_rotation(state)
     out = Outcome()
     proc = Procedure("rotate-encryption-key", ctx.progress)
-    started = False
     if rot is None:
         old = encryption.load(state)
         provider = inv.encryption_provider if inv.encryption_provider_given else old[0].provider
@@ -352,11 +351,10 @@ def prepare(ctx: Context, *, another: bool = False, resume: str = "invoke rotate
                 out.lines.append(f"nothing to do: every apiserver ({len(views)}) encrypts with {old[0].label} "
                                  "(the last rotation finished); `invoke rotate-encryption-key --another` makes a "
                                  "new key")
-                return Run(proc, out, None, False)
+                return Run(proc, out, None)
             raise HardwayError("an apiserver does not run the PKI dir's encryption config: run "
                                "`invoke bootstrap-control-plane` first, then rotate")
         rot = Rotation(old, encryption.new_key(provider, old))
-        started = True
         views = place(rot, look(ctx))
         if (off := [v.node.name for v in views if v.stage != START or v.stale or not v.active]):
             raise HardwayError(f"{', '.join(off)}: the apiserver does not run the PKI dir's encryption config; "
@@ -394,7 +392,7 @@ def prepare(ctx: Context, *, another: bool = False, resume: str = "invoke rotate
                      f"etcdctl get --prefix {SECRETS_PREFIX} -w json", partial(_guard, ctx, rot, resume), final=resume)
     proc.add("jumpbox", f"finish: PKI dir's config = {rot.new.label}; rotation recorded as done", "",
              partial(_finish, ctx, state, rot, out), final=resume)
-    return Run(proc, out, rot, started)
+    return Run(proc, out, rot)
 
 
 def rotate(ctx: Context, *, another: bool = False, resume: str = "invoke rotate-encryption-key",
