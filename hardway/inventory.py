@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from hardway.errors import HardwayError
+from hardway.inventory_audit import AuditSettings, parse_audit
 from hardway.inventory_rules import (
     APISERVER_PORT,
     IPV6_NODE_MASK_MAX_DIFF,
@@ -41,7 +42,7 @@ InventoryError = FieldError  # a bad inventory: ``file:line: field: problem; fix
 
 KEY_ALGORITHMS = ("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096")
 ROLES = ("controller", "worker", "loadbalancer")
-ENCRYPTION_PROVIDERS = ("aescbc", "aesgcm")
+ENCRYPTION_PROVIDERS = ("secretbox", "aesgcm", "aescbc")
 # Cert families that take extra SANs from the inventory (like kubeadm's --apiserver-cert-extra-sans).
 SAN_FAMILIES = ("kube-apiserver", "etcd", "kubelet")
 # The binaries hardway distributes: the keys `binaries` takes. The chapters declare what they install
@@ -129,8 +130,10 @@ class Inventory:
     cert_validity_days: int = 365
     ca_validity_days: int = 3650
     renew_within_days: int = 30
-    encryption_provider: str = "aescbc"
+    encryption_provider: str = "secretbox"
+    encryption_provider_given: bool = False  # else an existing config's provider is kept (clusters made before)
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     warnings: tuple[str, ...] = ()
     # "file:line: versions.NAME" of each given version, so a later check can name the line to fix
     versions_where: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False,
@@ -183,7 +186,7 @@ def https_url(address: IPAddress, port: int) -> str:
 # Loading
 
 
-_TOP = ("cluster", "api_endpoint", "versions", "pki", "encryption", "ssh", "binaries", "etcd", "nodes")
+_TOP = ("cluster", "api_endpoint", "versions", "pki", "encryption", "audit", "ssh", "binaries", "etcd", "nodes")
 
 
 def load(path: str | Path) -> Inventory:
@@ -237,7 +240,8 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
 
     enc_f = top.get(f, "encryption")
     e = enc_f.mapping(("provider",)) if enc_f.present else {}
-    provider = enc_f.get(e, "provider").choice(ENCRYPTION_PROVIDERS, "aescbc")
+    provider = enc_f.get(e, "provider").choice(ENCRYPTION_PROVIDERS, "secretbox")
+    provider_given = "provider" in e
 
     versions_f = top.get(f, "versions")
     versions = _versions(versions_f)
@@ -256,7 +260,8 @@ def _build(top: Field, f: dict[str, Field], source: str, base: Path) -> Inventor
         binaries=MappingProxyType(_binaries(top.get(f, "binaries"), base)),
         extra_sans=MappingProxyType(extra_sans), cert_validity_days=validity,
         ca_validity_days=ca_validity, renew_within_days=renew, encryption_provider=provider,
-        etcd=_etcd(top.get(f, "etcd")), warnings=tuple(warnings),
+        encryption_provider_given=provider_given,
+        etcd=_etcd(top.get(f, "etcd")), audit=parse_audit(top.get(f, "audit")), warnings=tuple(warnings),
     )
 
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from invoke import Collection
 
-from . import chapters, day2, kubeconfig, lab, pki, render, rotate, walkthrough
+from . import chapters, day2, encryption, kubeconfig, lab, pki, render, rotate, walkthrough
 
 ns = Collection()
 ns.add_collection(pki.pki)
@@ -22,6 +22,7 @@ ns.add_collection(lab.lab_ns)
 ns.add_task(chapters.verify)
 ns.add_collection(kubeconfig.kubeconfig_ns)
 ns.add_task(rotate.rotate_certs)
+ns.add_task(encryption.rotate_encryption_key)
 chapters.add_apply_tasks(ns)
 day2.add_to(ns)
 ns.add_task(walkthrough.chapter)

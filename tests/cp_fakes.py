@@ -19,6 +19,7 @@ def controller(node: FakeNode) -> None:
         "etcd_health": FactOutput("https://127.0.0.1:2379 is healthy", 0),
         "listener_units": "", "journal": "", "unit_lint": "",
         "apiserver_etcd_client": etcd_members_healthy,
+        "audit_log": FactOutput("2540 1000 1004", 0),  # size, mtime, now: written 4 s ago
     })
 
 

@@ -163,8 +163,9 @@ def _document(draw: st.DrawFn) -> str:
             ("extra_sans", _some(draw, [(family, "[" + ", ".join(draw(st.lists(
                 st.one_of(SAN_GOOD, SAN_BAD) if "pki.extra_sans" in f.chosen else SAN_GOOD,
                 max_size=3))) + "]") for family in ("kube-apiserver", "etcd", "kubelet")]))]),
-        "encryption": _mapping([("provider", f.pick("encryption.provider", st.sampled_from(["aescbc", "aesgcm"]),
-                                                    st.sampled_from(["secretbox", "on", "AESCBC"])))]),
+        "encryption": _mapping([("provider", f.pick("encryption.provider",
+                                                    st.sampled_from(["secretbox", "aescbc", "aesgcm"]),
+                                                    st.sampled_from(["kms", "on", "AESCBC", "identity"])))]),
         "ssh": _some(draw, [
             ("user", f.pick("ssh.user", st.just("root"), st.sampled_from(["'admin;id'", "'-oProxyCommand=x'",
                                                                           "u" * 32, "0day", "'a b'"]) | JUNK)),

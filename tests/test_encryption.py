@@ -15,8 +15,12 @@ from hardway.state import PkiState
 
 SAMPLE = Path(__file__).resolve().parent.parent / "inventory" / "sample.yaml"
 TEXT = SAMPLE.read_text()
-AESCBC = inventory.load(SAMPLE)
-AESGCM = inventory.parse(TEXT.replace("provider: aescbc", "provider: aesgcm"), str(SAMPLE))
+PROVIDER_LINE = TEXT[TEXT.index("  provider: secretbox"):].split("\n", 1)[0]
+SECRETBOX = inventory.load(SAMPLE)
+AESCBC = inventory.parse(TEXT.replace(PROVIDER_LINE, "  provider: aescbc"), str(SAMPLE))
+AESGCM = inventory.parse(TEXT.replace(PROVIDER_LINE, "  provider: aesgcm"), str(SAMPLE))
+DEFAULT = inventory.parse(TEXT.replace(PROVIDER_LINE, "  {}").replace("encryption:\n  {}", "encryption: {}"),
+                          str(SAMPLE))
 
 
 def test_written_once_with_the_right_shape(tmp_path):
@@ -105,3 +109,41 @@ def test_loose_mode_is_tightened(tmp_path):
     assert (out.action, out.reasons) == ("kept", ("mode 0644 → 0600",))
     assert state.encryption_config.stat().st_mode & 0o777 == 0o600
     assert state.encryption_config.read_bytes() == data
+
+
+def test_new_clusters_get_secretbox_and_an_unset_provider_keeps_an_existing_config(tmp_path):
+    fresh = PkiState(tmp_path / "fresh")
+    out = encryption.ensure_encryption_config(DEFAULT, fresh)
+    assert out.reasons == ("new secretbox key",)
+    (key,) = encryption.load(fresh)
+    assert (key.provider, key.name) == ("secretbox", "key1") and len(base64.b64decode(key.secret)) == 32
+    old = PkiState(tmp_path / "old")  # a cluster made before secretbox was the default: left as it is
+    encryption.ensure_encryption_config(AESCBC, old)
+    assert encryption.ensure_encryption_config(DEFAULT, old).action == "kept"
+    with pytest.raises(HardwayError, match=r"'aescbc'.*'secretbox'.*invoke rotate-encryption-key"):
+        encryption.ensure_encryption_config(SECRETBOX, old)
+
+
+def test_keys_render_and_parse_in_order_and_never_show_their_secret():
+    a = encryption.new_key("aescbc")
+    b = encryption.new_key("secretbox", [a])
+    c = encryption.new_key("secretbox", [a, b])
+    assert (a.name, b.name, c.name) == ("key1", "key2", "key3")
+    data = encryption.render_keys([b, c, a])
+    providers = yaml.safe_load(data)["resources"][0]["providers"]
+    assert [next(iter(p)) for p in providers] == ["secretbox", "aescbc", "identity"]
+    assert [k["name"] for k in providers[0]["secretbox"]["keys"]] == ["key2", "key3"]
+    assert encryption.parse(data, "x") == [b, c, a]
+    assert b.secret not in repr(b) and b.prefix == b"k8s:enc:secretbox:v1:key2:"
+    assert encryption.render("aescbc", base64.b64decode(a.secret)) == encryption.render_keys(
+        [encryption.Key("aescbc", "key1", a.secret)])
+
+
+def test_a_secretbox_key_must_be_32_bytes_and_identity_never_first(tmp_path):
+    short = encryption.render_keys([encryption.Key("secretbox", "key1", base64.b64encode(b"x" * 16).decode())])
+    with pytest.raises(HardwayError, match="key 'key1' is not 32 bytes"):
+        encryption.parse(short, "cfg")
+    doc = yaml.safe_load(encryption.render_keys([encryption.new_key("secretbox")]))
+    doc["resources"][0]["providers"].reverse()
+    with pytest.raises(HardwayError, match="identity first: Secrets are stored unencrypted"):
+        encryption.parse(yaml.safe_dump(doc).encode(), "cfg")

@@ -10,9 +10,9 @@ from hardway.chapters import control_plane, workers
 from hardway.errors import HardwayError
 from hardway.flagspec import COMPONENTS
 
-# Issue 14 removes --register-node from the kubelet unit (registerNode is already set in its config
-# file). Until then it is the one deprecated flag hardway renders; this set must shrink, not grow.
-EXPECTED_DEPRECATED = {("kubelet", "--register-node")}
+# hardway renders no deprecated flag (kubelet --register-node went in issue 14: registerNode is set in the
+# kubelet's config file). Keep it empty.
+EXPECTED_DEPRECATED: set[tuple[str, str]] = set()
 
 ARGV = {
     "kube-apiserver": control_plane.kube_apiserver_argv,
@@ -138,7 +138,7 @@ def test_check_config(specs):
 # What hardway renders
 
 
-def test_every_rendered_flag_is_known_and_only_the_expected_one_deprecated(inv, specs):
+def test_every_rendered_flag_is_known_and_none_deprecated(inv, specs):
     deprecated = set()
     for node in inv.nodes:
         on_node = [c for c in COMPONENTS

@@ -54,7 +54,7 @@ def test_defaults_and_api_endpoint_falls_back_to_first_controller() -> None:
     assert inv.cluster_domain == "cluster.local"
     assert inv.ssh.user == "root" and inv.ssh.become == "root"
     assert inv.etcd.data_dir == "/var/lib/etcd"
-    assert inv.encryption_provider == "aescbc"
+    assert inv.encryption_provider == "secretbox" and not inv.encryption_provider_given
     assert inv.node("worker-0").pod_cidr == ipaddress.ip_network("10.200.0.0/24")
 
 
@@ -122,6 +122,24 @@ BAD = {
                      "loadbalancer"),
     "worker without pod cidr": (_edit("    pod_cidr: 10.200.0.0/24\n", ""),
                                 "bad.yaml:9: nodes[1].pod_cidr: is required"),
+    "audit log relative": (GOOD + "audit:\n  log_path: audit.log\n",
+                           "bad.yaml:14: audit.log_path: 'audit.log' must be an absolute path on the controllers, "
+                           "such as /var/log/kubernetes/audit.log"),
+    "audit log a directory": (GOOD + "audit: {log_path: /var/log/kubernetes/}\n",
+                              "bad.yaml:13: audit.log_path: '/var/log/kubernetes/' names a directory; name the "
+                              "file, such as /var/log/kubernetes/audit.log"),
+    "audit log under /tmp": (GOOD + "audit: {log_path: /tmp/audit.log}\n",
+                             "bad.yaml:13: audit.log_path: '/tmp/audit.log' is under /tmp, no place for a growing "
+                             "log; use /var/log/kubernetes/audit.log"),
+    "audit max age quoted": (GOOD + "audit: {max_age_days: '30'}\n",
+                             "bad.yaml:13: audit.max_age_days: expected a whole number from 1 to 3650, got string "
+                             "'30'; write 30 (a plain number, no quotes)"),
+    "audit max size zero": (GOOD + "audit: {max_size_mb: 0}\n",
+                            "bad.yaml:13: audit.max_size_mb: 0 is out of range; use a number from 1 to 100000"),
+    "audit unknown key": (GOOD + "audit: {max_backup: 3}\n",
+                          "bad.yaml:13: audit.max_backup: unknown field; did you mean max_backups?"),
+    "encryption provider": (GOOD + "encryption: {provider: aes}\n",
+                            "bad.yaml:13: encryption.provider: 'aes' is not one of: secretbox, aesgcm, aescbc"),
     "unknown field": (_edit("address: 10.240.0.20", "adress: 10.240.0.20"),
                       "bad.yaml:10: nodes[1].adress: unknown field; did you mean address? expected one of: name, "
                       "address, roles, pod_cidr"),

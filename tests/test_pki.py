@@ -56,6 +56,8 @@ EXPECTED = {
     "sample": {
         "ca": _row("hardway", ca=True),
         "etcd-ca": _row("etcd-ca", "hardway", ca=True, issuer="etcd-ca"),
+        "front-proxy-ca": _row("front-proxy-ca", "hardway", ca=True, issuer="front-proxy-ca"),
+        "front-proxy-client": _row("front-proxy-client", issuer="front-proxy-ca"),
         "admin": _row("admin", "system:masters"),
         "kubelet-worker-0": _row("system:node:worker-0", "system:nodes",
                                  {"DNS:worker-0", "IP:10.240.0.20", "IP:127.0.0.1"}, CS),
@@ -79,6 +81,8 @@ EXPECTED = {
     "mini": {
         "ca": _row("mini", ca=True),
         "etcd-ca": _row("etcd-ca", "mini", ca=True, issuer="etcd-ca"),
+        "front-proxy-ca": _row("front-proxy-ca", "mini", ca=True, issuer="front-proxy-ca"),
+        "front-proxy-client": _row("front-proxy-client", issuer="front-proxy-ca"),
         "admin": _row("admin", "system:masters"),
         "kubelet-node-0": _row("system:node:node-0", "system:nodes", {
             "DNS:node-0", "IP:192.168.50.3", "IP:127.0.0.1", "DNS:node.example", "IP:fd00::3"}, CS),

@@ -94,11 +94,13 @@ def test_controller_file_set(inv, plans):
         "/etc/kubernetes/pki/service-accounts.key", "/etc/kubernetes/pki/service-accounts.pub",
         "/etc/kubernetes/encryption-config.yaml", "/etc/kubernetes/admin.kubeconfig",
         "/etc/kubernetes/kube-controller-manager.kubeconfig", "/etc/kubernetes/kube-scheduler.kubeconfig",
-        "/etc/kubernetes/config/kube-scheduler.yaml",
+        "/etc/kubernetes/config/kube-scheduler.yaml", "/etc/kubernetes/config/audit-policy.yaml",
         "/etc/systemd/system/kube-apiserver.service", "/etc/systemd/system/kube-controller-manager.service",
         "/etc/systemd/system/kube-scheduler.service", "/etc/systemd/system/hardway-pod-routes.service",
         "/etc/kubernetes/pki/etcd-ca.crt", "/etc/kubernetes/pki/apiserver-etcd-client.crt",
         "/etc/kubernetes/pki/apiserver-etcd-client.key",
+        "/etc/kubernetes/pki/front-proxy-ca.crt", "/etc/kubernetes/pki/front-proxy-client.crt",
+        "/etc/kubernetes/pki/front-proxy-client.key",
         # the sample names no Kubernetes binaries: the stand-ins (its etcd binaries do not exist: none)
         "/usr/local/bin/kube-apiserver", "/usr/local/bin/kube-controller-manager", "/usr/local/bin/kube-scheduler",
     }
@@ -247,7 +249,7 @@ def test_worker_units_reference_planned_files(inv, plans, tmp_path):
     for w in inv.workers:
         paths = {f.path for f in plans[w.name]}
         kubelet = _unit_argv(plans[w.name], "kubelet", tmp_path)
-        assert f"--node-ip={w.address}" in kubelet and "--register-node=true" in kubelet
+        assert f"--node-ip={w.address}" in kubelet and "--register-node" not in kubelet
         for name in ("kubelet", "kube-proxy", "containerd"):
             for arg in _unit_argv(plans[w.name], name, tmp_path)[1:]:
                 value = arg.partition("=")[2]

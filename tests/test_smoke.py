@@ -21,7 +21,10 @@ from tests.fakes import FakeCluster
 from tests.workers_fakes import recorded
 
 ROOT = Path(__file__).resolve().parent.parent
-INV = inventory.load(ROOT / "inventory" / "sample.yaml")
+# the recorded etcd value (tests/data/kubectl) is the tutorial's aescbc
+SAMPLE = ROOT / "inventory" / "sample.yaml"
+INV = inventory.parse(SAMPLE.read_text().replace("provider: secretbox", "provider: aescbc"), str(SAMPLE),
+                      base=ROOT / "inventory")
 RECORDED = json.loads((Path(__file__).parent / "data" / "kubectl" / "smoke.json").read_text())
 
 

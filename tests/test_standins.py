@@ -7,6 +7,7 @@ ever dialled: every kubeconfig's server is pointed at the stand-in apiserver.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hardway import flagspec, paths, plan, standins
+from hardway import encryption, flagspec, paths, plan, standins
 from hardway.chapters import control_plane, workers
 from hardway.state import etcd_cert_name
 
@@ -106,7 +107,7 @@ class Tree:
         return [*out, *add]
 
     def rewrite(self, text: str) -> str:
-        for prefix in ("/etc/kubernetes", "/var/lib/kubelet", "/var/lib/kube-proxy"):
+        for prefix in ("/etc/kubernetes", "/var/lib/kubelet", "/var/lib/kube-proxy", "/var/log/kubernetes"):
             text = text.replace(prefix, self.path(prefix))
         return text
 
@@ -246,7 +247,8 @@ def test_version_and_help_answer_like_a_binary_and_say_stand_in(programs):
 # kube-apiserver
 
 
-def test_apiserver_accepts_the_planned_command_line_and_serves_health_over_tls(apiserver, api_port, state):
+def test_apiserver_accepts_the_planned_command_line_and_serves_health_over_tls(apiserver, api_port, state,
+                                                                               controller):
     base = f"https://127.0.0.1:{api_port}"
     assert get(f"{base}/readyz", state) == (200, "ok")
     assert get(f"{base}/livez", state) == (200, "ok")
@@ -258,8 +260,17 @@ def test_apiserver_accepts_the_planned_command_line_and_serves_health_over_tls(a
     log = "\n".join(apiserver.lines)
     assert all(line.startswith("(stand-in) ") for line in apiserver.lines)
     for checked in ("--tls-cert-file=", "--etcd-certfile=", "--encryption-provider-config=", "--client-ca-file=",
-                    "--etcd-servers: https://127.0.0.1:", "answers over TLS"):
+                    "--etcd-servers: https://127.0.0.1:", "answers over TLS",
+                    "providers secretbox, identity; every key well formed", "audit Policy, 2 rule(s)",
+                    "aggregation: --proxy-client-cert-file (CN=front-proxy-client",
+                    "CN in --requestheader-allowed-names"):
         assert checked in log
+    # every request served is one audit event (metadata only), in the log the inventory names
+    audit_log = Path(controller.path("/var/log/kubernetes")) / "audit.log"
+    events = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    mine = [e for e in events if e["requestURI"] == "/api/v1/nodes"]
+    assert mine and mine[-1]["level"] == "Metadata" and mine[-1]["user"]["username"] == "admin"
+    assert mine[-1]["responseStatus"]["code"] == 404 and "requestObject" not in mine[-1]
 
 
 def test_apiserver_readyz_follows_etcd_live(inv, state, programs, controller, tmp_path):
@@ -277,6 +288,13 @@ def test_apiserver_readyz_follows_etcd_live(inv, state, programs, controller, tm
         etcd_proc.kill()
 
 
+def short_secretbox(tmp: Path) -> Path:
+    path = tmp / "short-secretbox.yaml"
+    short = encryption.Key("secretbox", "key1", base64.b64encode(b"k" * 16).decode())
+    path.write_bytes(encryption.render_keys([short]))
+    return path
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda a, t: [*a, "--insecure-port=0"], "unknown flag --insecure-port"),
     (lambda a, t: [*a, "--service-cluster-ip-range=10.32.0.0/33"], "invalid value '10.32.0.0/33'"),
@@ -288,6 +306,16 @@ def test_apiserver_readyz_follows_etcd_live(inv, state, programs, controller, tm
      "--tls-private-key-file=", ),
     (lambda a, t: [*a, f"--etcd-certfile={t / 'stranger.crt'}", f"--etcd-keyfile={t / 'stranger.key'}"],
      "refused --etcd-certfile="),
+    # the aggregation layer: a proxy client the front-proxy CA did not sign, a CN not allowed
+    (lambda a, t: [x.replace("front-proxy-client.", "apiserver-kubelet-client.") for x in a],
+     "is not signed by --requestheader-client-ca-file="),
+    (lambda a, t: [x.replace("=front-proxy-client", "=aggregator") for x in a],
+     "CN 'front-proxy-client' is not in --requestheader-allowed-names=aggregator"),
+    # an audit policy that is not one, a secretbox key of 16 bytes
+    (lambda a, t: [x.replace("audit-policy.yaml", "kube-scheduler.yaml") for x in a],
+     "not an audit Policy (audit.k8s.io/v1)"),
+    (lambda a, t: [*a, f"--encryption-provider-config={short_secretbox(t)}"],
+     "secretbox.keys[0]: needs a name and a base64 secret of 32 bytes"),
 ])
 def test_apiserver_refuses_a_broken_contract_with_one_line(inv, programs, controller, etcd, tmp_path, change,
                                                            expected):
@@ -373,7 +401,9 @@ def worker(inv, state, tmp_path, api_port):
 
 def test_kubelet_serves_10250_demanding_client_certs_and_plain_healthz(inv, state, programs, worker, apiserver):
     tree, doc = worker
-    proc = Proc(programs["kubelet"], tree.argv(workers.kubelet_argv(inv, inv.workers[0]))).until_ready()
+    # hardway renders no deprecated flag any more: add one to see the stand-in warn about it
+    argv = [*workers.kubelet_argv(inv, inv.workers[0]), "--register-node=true"]
+    proc = Proc(programs["kubelet"], tree.argv(argv)).until_ready()
     try:
         assert get(f"https://127.0.0.1:{doc['port']}/healthz", state, cert="apiserver-kubelet-client") == (200, "ok")
         with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):

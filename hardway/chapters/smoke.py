@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hardway import remote
+from hardway import encryption, remote
 from hardway.chapters.base import ApplyReport, Chapter, Context
 from hardway.chapters.etcd.files import ctl
 from hardway.chapters.workers import node as worker_node
 from hardway.checks import FAIL, OK, SKIP, Check, CheckResult
+from hardway.errors import HardwayError
 from hardway.facts import Fact, FactOutput, gather
 from hardway.inventory import Inventory
 from hardway.standins import is_standin
@@ -197,6 +198,15 @@ def smoke(ctx: Context, access: ClusterAccess) -> list[CheckResult]:
     return results
 
 
+def encrypting_provider(ctx: Context) -> str:
+    """The provider of the key that encrypts now: the PKI dir's config says (a rotation may have changed
+    it), else the inventory."""
+    try:
+        return encryption.load(ctx.state)[0].provider
+    except HardwayError:
+        return ctx.inv.encryption_provider
+
+
 def encryption_step(ctx: Context, access: ClusterAccess, created: list[str]) -> CheckResult:
     r = access.kubectl("create", "secret", "generic", OBJECT, "--from-literal=mykey=mydata")
     if not r.ok:
@@ -204,7 +214,7 @@ def encryption_step(ctx: Context, access: ClusterAccess, created: list[str]) -> 
                        f"if it exists from an earlier run, `kubectl delete secret {OBJECT}`")
     created.append(f"secret/{OBJECT}")
     raw = etcd_value(ctx, f"/registry/secrets/default/{OBJECT}")
-    want = f"k8s:enc:{ctx.inv.encryption_provider}:v1:".encode()
+    want = f"k8s:enc:{encrypting_provider(ctx)}:v1:".encode()
     if raw is None:
         return _result("encryption", FAIL, f"secret {OBJECT} not found in etcd from any controller",
                        "run `invoke verify --chapter etcd`")

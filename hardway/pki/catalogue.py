@@ -2,7 +2,9 @@
 
 ``catalogue(inv)`` lists them, CAs first, named as in hardway/state.py; ``spec_for`` finds one.
 Which CA signs a certificate is data (``CertSpec.issuer``): the cluster CA signs every Kubernetes
-identity; etcd has a CA of its own, so that no certificate a worker holds is accepted by etcd.
+identity; etcd has a CA of its own, so that no certificate a worker holds is accepted by etcd; the
+aggregation layer's front proxy has one too (upstream: a client certificate of the cluster CA must not
+be able to pose as the front proxy and assert any user in request headers).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 CA_NAME = "ca"
 ETCD_CA_NAME = "etcd-ca"
-CA_NAMES = (CA_NAME, ETCD_CA_NAME)
+FRONT_PROXY_CA_NAME = "front-proxy-ca"
+CA_NAMES = (CA_NAME, ETCD_CA_NAME, FRONT_PROXY_CA_NAME)
+FRONT_PROXY_CLIENT = "front-proxy-client"
 SERVICE_ACCOUNTS = "service-accounts"
 APISERVER_ETCD_CLIENT = "apiserver-etcd-client"
 LOADBALANCER = "kube-apiserver-lb"
@@ -86,7 +90,11 @@ def catalogue(inv: Inventory) -> list[CertSpec]:
              # O names the cluster: a CN of "<cluster>-etcd" could pass X.509's 64 characters
              CertSpec(name=ETCD_CA_NAME, common_name="etcd-ca", organization=inv.cluster_name, is_ca=True,
                       issuer=ETCD_CA_NAME,
-                      purpose="signs etcd's members and the apiserver's etcd client; etcd trusts only it")]
+                      purpose="signs etcd's members and the apiserver's etcd client; etcd trusts only it"),
+             CertSpec(name=FRONT_PROXY_CA_NAME, common_name="front-proxy-ca", organization=inv.cluster_name,
+                      is_ca=True, issuer=FRONT_PROXY_CA_NAME,
+                      purpose="signs the apiserver's front-proxy client: extension apiservers (metrics-server) "
+                              "trust only it for the user named in request headers")]
     specs.append(_leaf("admin", "admin", "system:masters", client=True,
                        purpose="kubectl as cluster admin (group system:masters)"))
     for w in inv.workers:
@@ -119,6 +127,9 @@ def catalogue(inv: Inventory) -> list[CertSpec]:
                                    "reads only the health endpoints every authenticated user may"))
     specs.append(_leaf(APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", None, client=True, issuer=ETCD_CA_NAME,
                        purpose="the apiserver's client cert to etcd (from the etcd CA: nothing else etcd accepts)"))
+    specs.append(_leaf(FRONT_PROXY_CLIENT, FRONT_PROXY_CLIENT, None, client=True, issuer=FRONT_PROXY_CA_NAME,
+                       purpose="the apiserver proxying to extension apiservers (aggregation layer: "
+                               "kubectl top through metrics-server)"))
     for c in inv.controllers:
         specs.append(_leaf(
             etcd_cert_name(c), c.name, None, client=True, server=True, issuer=ETCD_CA_NAME,

@@ -30,7 +30,8 @@ VERSION_MARK = "-hardway-standin"  # in `--version` output and /version's gitVer
 INTERPRETER = "/usr/bin/python3"  # Debian's, on the nodes: not the jumpbox's Python
 
 _HERE = Path(__file__).resolve().parent
-_SOURCES = (Path(flagspec.__file__).resolve(), _HERE / "runtime" / "common.py", _HERE / "runtime" / "components.py")
+_SOURCES = (Path(flagspec.__file__).resolve(), _HERE / "runtime" / "common.py", _HERE / "runtime" / "apiserver.py",
+            _HERE / "runtime" / "components.py")
 _INLINED = "# inlined"  # import lines that only make the runtime importable in the repo
 
 

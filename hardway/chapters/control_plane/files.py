@@ -14,7 +14,7 @@ from hardway.errors import HardwayError
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.paths import APISERVER_PORT, BIN, K8S_DIR, K8S_PKI, unit_file
-from hardway.pki.catalogue import APISERVER_ETCD_CLIENT, ETCD_CA_NAME
+from hardway.pki.catalogue import APISERVER_ETCD_CLIENT, ETCD_CA_NAME, FRONT_PROXY_CA_NAME, FRONT_PROXY_CLIENT
 from hardway.planner import Planner
 from hardway.templates import render
 
@@ -27,6 +27,10 @@ PINNED_VERSION = "1.32.3"  # the flag data's version (hardway/data/kubernetes/1.
 CA, CA_KEY = f"{K8S_PKI}/ca.crt", f"{K8S_PKI}/ca.key"
 ETCD_CA = f"{K8S_PKI}/etcd-ca.crt"
 ETCD_CLIENT_CERT, ETCD_CLIENT_KEY = f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.crt", f"{K8S_PKI}/{APISERVER_ETCD_CLIENT}.key"
+ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
+AUDIT_POLICY = f"{K8S_DIR}/config/audit-policy.yaml"
+FRONT_PROXY_CA = f"{K8S_PKI}/{FRONT_PROXY_CA_NAME}.crt"
+FRONT_PROXY_CERT, FRONT_PROXY_KEY = f"{K8S_PKI}/{FRONT_PROXY_CLIENT}.crt", f"{K8S_PKI}/{FRONT_PROXY_CLIENT}.key"
 ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"  # admin-local: https://127.0.0.1:6443, for kubectl on the node
 RBAC_TEMPLATE = "configs/apiserver-to-kubelet-rbac.yaml.j2"
 
@@ -68,7 +72,7 @@ def kube_apiserver_argv(inv: Inventory, node: Node) -> list[str]:
         f"--etcd-cafile={ETCD_CA}",
         f"--etcd-certfile={ETCD_CLIENT_CERT}",
         f"--etcd-keyfile={ETCD_CLIENT_KEY}",
-        f"--encryption-provider-config={K8S_DIR}/encryption-config.yaml",
+        f"--encryption-provider-config={ENCRYPTION_CONFIG}",
         f"--kubelet-certificate-authority={CA}",
         f"--kubelet-client-certificate={K8S_PKI}/apiserver-kubelet-client.crt",
         f"--kubelet-client-key={K8S_PKI}/apiserver-kubelet-client.key",
@@ -82,7 +86,31 @@ def kube_apiserver_argv(inv: Inventory, node: Node) -> list[str]:
         f"--service-cluster-ip-range={inv.service_cidr}",
         "--service-node-port-range=30000-32767",
         "--event-ttl=1h",
+        # The audit log (the tutorial's apiserver keeps one; hardway's did not): metadata of every request.
+        f"--audit-policy-file={AUDIT_POLICY}",
+        f"--audit-log-path={inv.audit.log_path}",
+        f"--audit-log-maxage={inv.audit.max_age_days}",
+        f"--audit-log-maxbackup={inv.audit.max_backups}",
+        f"--audit-log-maxsize={inv.audit.max_size_mb}",
+        *aggregation_flags(inv, node),
         "--v=2",
+    ]
+
+
+def aggregation_flags(inv: Inventory, node: Node) -> list[str]:
+    """The aggregation layer (extension apiservers such as metrics-server, hence `kubectl top`): the
+    apiserver proxies to them with a client certificate of the front-proxy CA, naming the user in headers."""
+    return [
+        f"--requestheader-client-ca-file={FRONT_PROXY_CA}",
+        f"--requestheader-allowed-names={pki.spec_for(inv, FRONT_PROXY_CLIENT).common_name}",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        f"--proxy-client-cert-file={FRONT_PROXY_CERT}",
+        f"--proxy-client-key-file={FRONT_PROXY_KEY}",
+        # No kube-proxy on this controller: reach an extension apiserver at its endpoint (pod) IP, not its
+        # Service IP (which only kube-proxy's rules make routable).
+        *([] if node.is_worker else ["--enable-aggregator-routing=true"]),
     ]
 
 
@@ -150,13 +178,17 @@ def plan_files(p: Planner) -> None:
     p.pki(ETCD_CA, s.cert(ETCD_CA_NAME), api)
     p.pki(ETCD_CLIENT_CERT, s.cert(APISERVER_ETCD_CLIENT), api)
     p.pki(ETCD_CLIENT_KEY, s.key(APISERVER_ETCD_CLIENT), api, secret=True)
+    p.pki(FRONT_PROXY_CA, s.cert(FRONT_PROXY_CA_NAME), api)
+    p.pki(FRONT_PROXY_CERT, s.cert(FRONT_PROXY_CLIENT), api)
+    p.pki(FRONT_PROXY_KEY, s.key(FRONT_PROXY_CLIENT), api, secret=True)
     p.pki(f"{K8S_PKI}/service-accounts.key", s.key("service-accounts"), api + cm, secret=True)
     p.pki(f"{K8S_PKI}/service-accounts.pub", s.public_key("service-accounts"), api)
-    p.pki(f"{K8S_DIR}/encryption-config.yaml", s.encryption_config, api, secret=True)
+    p.pki(ENCRYPTION_CONFIG, s.encryption_config, api, secret=True)
     p.pki(f"{K8S_DIR}/kube-controller-manager.kubeconfig", s.kubeconfig("kube-controller-manager"), cm,
           secret=True)
     p.pki(f"{K8S_DIR}/kube-scheduler.kubeconfig", s.kubeconfig("kube-scheduler"), sched, secret=True)
     p.pki(ADMIN_KUBECONFIG, s.kubeconfig("admin-local"), (), secret=True)
+    p.template(AUDIT_POLICY, "configs/audit-policy.yaml.j2", api)
     p.template(f"{K8S_DIR}/config/kube-scheduler.yaml", "configs/kube-scheduler.yaml.j2", sched,
                kubeconfig=f"{K8S_DIR}/kube-scheduler.kubeconfig")
     for component in COMPONENTS:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from hardway import deploy, pki, remote
 from hardway.chapters.base import Context
-from hardway.chapters.control_plane import apply, probes
+from hardway.chapters.control_plane import apply, extras, probes
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane.files import (
     APISERVER,
@@ -24,6 +24,7 @@ from hardway.chapters.control_plane.files import (
     ETCD_CLIENT_CERT,
     ETCD_CLIENT_KEY,
     SCHEDULER,
+    is_standin,
     label,
 )
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
@@ -393,8 +394,10 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
             return judge_rbac(first, served, (out.returncode == 0, out.stdout + out.stderr))
 
         rbac_result = pool.submit(rbac_objects)
+        audit = extras.audit_fact(inv)
         gathered = pool.submit(remote.fan_out, inv, nodes, lambda r: gather_node(
-            inv, r, units[r.node.name], files[r.node.name], known=ctx.disk.get(r.node.name)), connector=ctx.connector)
+            inv, r, units[r.node.name], files[r.node.name], extra=[audit] if r.node.is_controller else [],
+            known=ctx.disk.get(r.node.name)), connector=ctx.connector)
         served = {c.name: pool.submit(probes.get, str(c.address), APISERVER_PORT, "/readyz", state.cert("ca"), admin,
                                       check_name=False) for c in inv.controllers}
         through = pool.submit(apply.endpoint_probe, ctx)
@@ -405,11 +408,14 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
             results.append(CheckResult(CHAPTER, "reachable", o.node.name, FAIL, o.error or "unreachable",
                                        "start the machine / fix SSH"))
             continue
-        facts, _ = o.value
+        facts, slow = o.value
         for (name, u), future in health.items():
             if name == o.node.name:
                 facts.probes[u] = future.result()
         results.extend(judge_node(inv, o.node, units[o.node.name], facts, files[o.node.name]))
+        if o.node.is_controller and APISERVER in units[o.node.name]:
+            results.append(extras.judge_audit(inv, o.node, slow[audit], is_standin(inv, APISERVER)))
+            results.append(extras.judge_aggregation(inv, o.node, files[o.node.name]))
     for c in inv.controllers:  # what a client sees, from here: the served certificate and /readyz
         seen = served[c.name].result()
         results.extend(judge_served(inv, c, seen))

@@ -144,7 +144,7 @@ def kubelet_argv(inv: Inventory, node: Node) -> list[str]:
         f"--node-ip={node.address}",
         # The node name must be the inventory name: the kubelet cert says system:node:<name>.
         f"--hostname-override={node.name}",
-        "--register-node=true",
+        # No --register-node: deprecated upstream; registerNode is set in the config file.
         "--v=2",
     ]
 

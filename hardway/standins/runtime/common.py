@@ -90,10 +90,13 @@ def _not_before(cert: x509.Certificate) -> datetime.datetime:
     return aware or cert.not_valid_before.replace(tzinfo=datetime.UTC)
 
 
-def describe(cert: x509.Certificate) -> str:
+def common_name(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = names[0].value if names else "(no CN)"
-    return f"CN={cn}, valid until {_not_after(cert):%Y-%m-%d}"
+    return str(names[0].value) if names else ""
+
+
+def describe(cert: x509.Certificate) -> str:
+    return f"CN={common_name(cert) or '(no CN)'}, valid until {_not_after(cert):%Y-%m-%d}"
 
 
 def certs_from(data: bytes, what: str) -> list[x509.Certificate]:
@@ -320,12 +323,19 @@ def dial(url: str, ctx: ssl.SSLContext, *, method: str = "GET", body: bytes | No
             time.sleep(0.5)
 
 
+def load_yaml(data: bytes, label: str):
+    try:
+        return yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise Fatal(f"{label}: not YAML ({str(exc).splitlines()[0]})") from None
+
+
 # ---- servers --------------------------------------------------------------------------------
 
 Route = Callable[[], tuple[int, str, str]]  # -> (status, content type, body)
 
 
-def _handler(routes: dict[str, Route], component: str) -> type[BaseHTTPRequestHandler]:
+def _handler(routes: dict[str, Route], component: str, audit=None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"{component}-standin"
 
@@ -346,6 +356,8 @@ def _handler(routes: dict[str, Route], component: str) -> type[BaseHTTPRequestHa
             self.send_header("X-Hardway-Stand-In", component)
             self.end_headers()
             self.wfile.write(data)
+            if audit is not None:  # the apiserver's audit log: one event per request served
+                audit(self, status)
 
         def log_message(self, fmt: str, *args: object) -> None:  # no access log: health checks poll
             pass
@@ -377,12 +389,13 @@ class _Server(ThreadingHTTPServer):
         return None
 
 
-def serve(host: str, port: int, routes: dict[str, Route], component: str, tls: ssl.SSLContext | None) -> _Server:
+def serve(host: str, port: int, routes: dict[str, Route], component: str, tls: ssl.SSLContext | None,
+          audit=None) -> _Server:
     """Start an HTTP(S) server in a thread; fatal if the address cannot be bound."""
     family = socket.AF_INET6 if host and ipaddress.ip_address(host).version == 6 else socket.AF_INET
     server_cls = type("Server", (_Server,), {"address_family": family, "tls": tls})
     try:
-        server = server_cls((host, port), _handler(routes, component))
+        server = server_cls((host, port), _handler(routes, component, audit))
     except OSError as exc:
         raise Fatal(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -1,6 +1,6 @@
-"""Stand-in runtime, part 2: each component's contract, and ``main``.
+"""Stand-in runtime, part 3: each component's contract, and ``main``.
 
-Inlined by ``hardway.standins`` after ``flagspec.py`` and ``common.py``; lines ending in "# inlined"
+Inlined by ``hardway.standins`` after ``flagspec.py``, ``common.py`` and ``apiserver.py``; lines ending in "# inlined"
 are dropped there. Every check that passes is logged ("check ok: ..."), every violation is one
 "(stand-in) error: ..." line naming the flag or file, then exit 1.
 """
@@ -22,9 +22,13 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-import yaml
-
 from hardway.flagspec import Spec  # inlined
+from hardway.standins.runtime.apiserver import (  # inlined
+    AuditLog,  # inlined
+    audit_policy,  # inlined
+    check_aggregation,  # inlined
+    encryption_config,  # inlined
+)  # inlined
 from hardway.standins.runtime.common import (  # inlined
     DIAL_TIMEOUT,  # inlined
     MARK,  # inlined
@@ -39,6 +43,7 @@ from hardway.standins.runtime.common import (  # inlined
     dial,  # inlined
     in_background,  # inlined
     kubeconfig,  # inlined
+    load_yaml,  # inlined
     log,  # inlined
     private_key,  # inlined
     public_keys,  # inlined
@@ -69,7 +74,8 @@ FILES = {
         "client-ca-file": "ca", "etcd-cafile": "ca", "kubelet-certificate-authority": "ca",
         "requestheader-client-ca-file": "ca", "oidc-ca-file": "ca", "peer-ca-file": "ca",
         "service-account-key-file": "pubkeys", "service-account-signing-key-file": "privkey",
-        "encryption-provider-config": "encryption", "audit-policy-file": "yaml", "authentication-config": "yaml",
+        "encryption-provider-config": "encryption", "audit-policy-file": "audit-policy",
+        "authentication-config": "yaml",
         "authorization-config": "yaml", "admission-control-config-file": "yaml", "tracing-config-file": "yaml",
         "egress-selector-config-file": "yaml", "token-auth-file": "file", "authorization-policy-file": "file",
         "audit-webhook-config-file": "kubeconfig", "authentication-token-webhook-config-file": "kubeconfig",
@@ -85,7 +91,6 @@ FILES = {
     "kubelet": {"kubeconfig": "kubeconfig", "client-ca-file": "ca"},
     "kube-proxy": {"kubeconfig": "kubeconfig"},
 }
-ENCRYPTION_KEY_BYTES = {"aescbc": (16, 24, 32), "aesgcm": (16, 24, 32), "secretbox": (32,)}
 
 
 class Run:
@@ -139,6 +144,8 @@ def check_file(run: Run, what: str, path: str, kind: str) -> None:
         check(f"{label}: {len(public_keys(data, label))} verification key(s) parse")
     elif kind == "encryption":
         check(f"{label}: {encryption_config(data, label)}")
+    elif kind == "audit-policy":
+        check(f"{label}: {audit_policy(data, label)}")
     elif kind in ("yaml", "config"):
         doc = load_yaml(data, label)
         if kind == "config":
@@ -150,42 +157,6 @@ def check_file(run: Run, what: str, path: str, kind: str) -> None:
             check(f"{label}: YAML parses")
     else:
         check(f"{label}: readable")
-
-
-def load_yaml(data: bytes, label: str):
-    try:
-        return yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise Fatal(f"{label}: not YAML ({str(exc).splitlines()[0]})") from None
-
-
-def encryption_config(data: bytes, label: str) -> str:
-    doc = load_yaml(data, label)
-    if not isinstance(doc, dict) or doc.get("kind") != "EncryptionConfiguration" or \
-            doc.get("apiVersion") != "apiserver.config.k8s.io/v1":
-        raise Fatal(f"{label}: not an EncryptionConfiguration (apiserver.config.k8s.io/v1)")
-    seen = []
-    for i, res in enumerate(doc.get("resources") or []):
-        if not res.get("resources") or not res.get("providers"):
-            raise Fatal(f"{label}: resources[{i}] needs resources and providers")
-        for j, provider in enumerate(res["providers"]):
-            if not isinstance(provider, dict) or len(provider) != 1:
-                raise Fatal(f"{label}: resources[{i}].providers[{j}] must name exactly one provider")
-            (name, conf), = provider.items()
-            if name not in ("identity", "kms", *ENCRYPTION_KEY_BYTES):
-                raise Fatal(f"{label}: resources[{i}].providers[{j}]: unknown provider {name!r}")
-            for k, key in enumerate((conf or {}).get("keys") or [] if name in ENCRYPTION_KEY_BYTES else []):
-                try:
-                    size = len(base64.b64decode(str(key.get("secret", "")), validate=True))
-                except ValueError:
-                    size = -1
-                if not key.get("name") or size not in ENCRYPTION_KEY_BYTES[name]:
-                    raise Fatal(f"{label}: resources[{i}].providers[{j}].{name}.keys[{k}]: needs a name and a "
-                                f"base64 secret of {' or '.join(map(str, ENCRYPTION_KEY_BYTES[name]))} bytes")
-            seen.append(name)
-    if not seen:
-        raise Fatal(f"{label}: no resources configured")
-    return f"EncryptionConfiguration, providers {', '.join(dict.fromkeys(seen))}; every key well formed"
 
 
 def require(run: Run, *flags: str) -> None:
@@ -261,7 +232,7 @@ def dial_apiserver(run: Run, fatal: bool) -> None:
 
 
 def serve_tls(run: Run, routes, client_ca: str | None, *, port: int, host: str | None = None,
-              cert: str | None = None, key: str | None = None, cert_dir: str | None = None) -> str:
+              cert: str | None = None, key: str | None = None, cert_dir: str | None = None, audit=None) -> str:
     """Serve ``routes`` over TLS. The apiserver and the kubelet demand client certificates from
     ``client_ca``; the controller-manager and scheduler serve health paths to anyone, as the real ones do."""
     cert, key = cert or run.get("tls-cert-file"), key or run.get("tls-private-key-file")
@@ -277,7 +248,7 @@ def serve_tls(run: Run, routes, client_ca: str | None, *, port: int, host: str |
         shutil.rmtree(scratch)
     if client_ca and run.component not in ("kube-apiserver", "kubelet"):
         ctx.verify_mode = ssl.CERT_OPTIONAL
-    serve(host, port, routes, run.component, ctx)
+    serve(host, port, routes, run.component, ctx, audit)
     who = f"client certificates from {client_ca} required" if ctx.verify_mode == ssl.CERT_REQUIRED else \
         "no client certificate required"
     return f"https://{host}:{port} {' '.join(sorted(routes))} ({who})"
@@ -300,6 +271,8 @@ def apiserver(run: Run) -> list[str]:
     if verifiers and signing.public_numbers() not in [k.public_numbers() for k in verifiers]:
         warn("--service-account-signing-key-file's public key is not among --service-account-key-file: "
              "tokens it signs will not verify")
+    check_aggregation(run)
+    audit = AuditLog(run) if run.get("audit-log-path") and run.get("audit-policy-file") else None
     check_etcd(run)
     client_ca = run.get("client-ca-file")
     if not client_ca:
@@ -312,7 +285,7 @@ def apiserver(run: Run) -> list[str]:
     routes = {"/healthz": ready, "/livez": lambda: text(True), "/readyz": ready,
               "/version": lambda: (200, "application/json", version_json(run.version))}
     return [serve_tls(run, routes, client_ca, port=int(run.get("secure-port", "6443")),
-                      cert_dir=run.get("cert-dir", "/var/run/kubernetes"))]
+                      cert_dir=run.get("cert-dir", "/var/run/kubernetes"), audit=audit)]
 
 
 def controller_manager(run: Run) -> list[str]:
