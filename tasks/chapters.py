@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from invoke import Collection, Exit, task
+from typing import TYPE_CHECKING
+
+from invoke import Collection, Exit, Task, task
 
 from hardway.errors import HardwayError
+
+if TYPE_CHECKING:
+    from hardway.chapters.base import Chapter
 
 from .common import CACHE_DIR, INVENTORY_HELP, PKI_DIR_HELP, context, load_inventory, pki_state, seconds, user_errors
 
 
-def apply_task(chapter):  # -> invoke Task
+def apply_task(chapter: Chapter) -> Task:
     """The task that applies ``chapter`` (`invoke <chapter.task>`): preflight, push, start, wait, checks."""
 
-    def apply(c, inventory=None, pki_dir=None, timeout=None, adopt=False, fix=False):
+    def apply(c, inventory=None, pki_dir=None, timeout=None, adopt=False, fix=False) -> None:
         from hardway import binaries, checks, remote
 
         wait = seconds(timeout, "--timeout", 90.0)
@@ -42,7 +47,7 @@ def apply_task(chapter):  # -> invoke Task
                         "commented out, br_netfilter, sysctls), saying what it changed (default: stop and name it)")
         body = apply
     else:
-        def body(c, inventory=None, pki_dir=None, timeout=None, adopt=False):
+        def body(c, inventory=None, pki_dir=None, timeout=None, adopt=False) -> None:
             return apply(c, inventory, pki_dir, timeout, adopt)
 
         body.__doc__ = apply.__doc__
@@ -62,7 +67,7 @@ def _verify_choices() -> str:
     "json": "print the results as JSON",
 })
 @user_errors
-def verify(c, inventory=None, pki_dir=None, chapter=None, json=False):
+def verify(c, inventory=None, pki_dir=None, chapter=None, json=False) -> None:
     """Run the chapters' checks; exit 0 only if none failed."""
     from hardway import checks, remote
     from hardway.chapters import verifiable

@@ -8,11 +8,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Exit
 
 from hardway.errors import HardwayError
+
+if TYPE_CHECKING:  # the CLI imports the library lazily: `invoke --list` stays quick
+    from hardway.chapters import Context
+    from hardway.inventory import Inventory
+    from hardway.remote import Connector
+    from hardway.state import PkiState
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / "build" / "cache"  # fetched binaries, keyed by sha256
@@ -41,7 +47,7 @@ def inventory_path(path: str | None) -> Path:
     return Path(path or os.environ.get("HARDWAY_INVENTORY") or ROOT / "inventory" / "lab.yaml")
 
 
-def load_inventory(path: str | None):  # -> hardway.inventory.Inventory
+def load_inventory(path: str | None) -> Inventory:
     from hardway import inventory
 
     inv = inventory.load(inventory_path(path))
@@ -79,13 +85,14 @@ def whole_number(value, flag: str) -> int | None:
     return None if value is None else int(value)
 
 
-def pki_state(inv, pki_dir: str | None):  # -> hardway.state.PkiState
+def pki_state(inv: Inventory, pki_dir: str | None) -> PkiState:
     from hardway.state import PkiState
 
     return PkiState(Path(pki_dir) if pki_dir else ROOT / "pki" / inv.cluster_name)
 
 
-def context(inv, state, *, connector, timeout: float = 90.0, adopt: bool = False):  # -> Context
+def context(inv: Inventory, state: PkiState, *, connector: Connector, timeout: float = 90.0,
+            adopt: bool = False) -> Context:
     from hardway.chapters import Context
 
     return Context(inv, state, cache_dir=CACHE_DIR, connector=connector, timeout=timeout, adopt=adopt)

@@ -34,7 +34,7 @@ def add_to(ns: Collection) -> None:
 
     @task(name="replace", auto_shortflags=False, help=replace_help)
     @user_errors
-    def etcd_replace(c, node, inventory=None, pki_dir=None, dry_run=False, timeout=None):
+    def etcd_replace(c, node, inventory=None, pki_dir=None, dry_run=False, timeout=None) -> None:
         """Re-add NODE's etcd member on an empty data dir (stale, removed or lost data); quorum is kept."""
         from hardway import remote
 
@@ -54,7 +54,7 @@ def add_to(ns: Collection) -> None:
 
     @task(name="snapshot", auto_shortflags=False, help=snapshot_help)
     @user_errors
-    def etcd_snapshot(c, inventory=None, pki_dir=None, dry_run=False, out=None, schedule=None):
+    def etcd_snapshot(c, inventory=None, pki_dir=None, dry_run=False, out=None, schedule=None) -> None:
         """Save a snapshot from a healthy member to the jumpbox (0600), with its sha256 and status beside it."""
         from hardway import remote
         from hardway.day2 import schedule as schedule_lib
@@ -74,7 +74,7 @@ def add_to(ns: Collection) -> None:
 
     @task(name="restore", auto_shortflags=False, help=restore_help)
     @user_errors
-    def etcd_restore(c, snapshot, inventory=None, pki_dir=None, dry_run=False, timeout=None):
+    def etcd_restore(c, snapshot, inventory=None, pki_dir=None, dry_run=False, timeout=None) -> None:
         """Restore every member from SNAPSHOT as a new cluster (new token); the old data dirs are moved aside."""
         from hardway import remote
         from hardway.day2 import restore
@@ -104,7 +104,7 @@ def add_to(ns: Collection) -> None:
 
     @task(name="reset", auto_shortflags=False, help=reset_help)
     @user_errors
-    def reset_task(c, node, yes=False, all=False, inventory=None, pki_dir=None, dry_run=False, timeout=None):
+    def reset_task(c, node, yes=False, all=False, inventory=None, pki_dir=None, dry_run=False, timeout=None) -> None:
         """Undo what hardway deployed on NODE (from its deployment record); data dirs are moved aside."""
         from hardway import remote
         from hardway.day2 import reset
@@ -127,7 +127,7 @@ def add_to(ns: Collection) -> None:
         "out": "directory for the bundle (default: diagnose/<cluster> beside the PKI state dir)",
         "dry-run": "print what would be collected from each node, and collect nothing"})
     @user_errors
-    def diagnose_task(c, inventory=None, pki_dir=None, lines=None, out=None, dry_run=False):
+    def diagnose_task(c, inventory=None, pki_dir=None, lines=None, out=None, dry_run=False) -> None:
         """Collect evidence from every node into one tarball, and print which known failures matched where."""
         from hardway import remote
         from hardway.day2 import diagnose

@@ -15,7 +15,7 @@ from .common import INVENTORY_HELP, PKI_DIR_HELP, context, load_inventory, pki_s
     "timeout": "seconds to wait for each restarted apiserver (default 90)",
 })
 @user_errors
-def rotate_encryption_key(c, inventory=None, pki_dir=None, dry_run=False, another=False, timeout=None):
+def rotate_encryption_key(c, inventory=None, pki_dir=None, dry_run=False, another=False, timeout=None) -> None:
     """Add a new key, roll the apiservers, make it first, roll, rewrite every Secret, drop the old key, roll.
 
     A changed encryption.provider in the inventory goes the same way. Re-run after an interruption: it

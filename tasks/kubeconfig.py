@@ -16,7 +16,7 @@ from .common import INVENTORY_HELP, PKI_DIR_HELP, load_inventory, pki_state, use
     "force": "replace a different file there, keeping it as <out>.hardway-orig-<time>",
 })
 @user_errors
-def kubeconfig_admin(c, inventory=None, pki_dir=None, out=None, force=False):
+def kubeconfig_admin(c, inventory=None, pki_dir=None, out=None, force=False) -> None:
     """Write the admin kubeconfig (through the API endpoint, 0600) for kubectl on this machine."""
     from hardway import kubeconfig
 

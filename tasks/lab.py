@@ -20,7 +20,7 @@ LAB_NAME_HELP = "lab name (default: lab; the default lab's inventory is inventor
                      "front of the apiservers",
 })
 @user_errors
-def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None, loadbalancers=None):
+def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None, loadbalancers=None) -> None:
     """Boot the local lab (systemd-nspawn machines in network namespaces); no-op if it runs."""
     from hardway import lab
 
@@ -32,7 +32,7 @@ def lab_up(c, nodes=None, workers=None, name="lab", subnet=None, timeout=None, l
 
 @task(name="down", auto_shortflags=False, help={"name": LAB_NAME_HELP})
 @user_errors
-def lab_down(c, name="lab"):
+def lab_down(c, name="lab") -> None:
     """Remove the lab: machines, mounts, network namespaces, links and state (also a crashed run's)."""
     from hardway import lab
 
@@ -41,7 +41,7 @@ def lab_down(c, name="lab"):
 
 @task(name="status", auto_shortflags=False, help={"name": LAB_NAME_HELP})
 @user_errors
-def lab_status(c, name="lab"):
+def lab_status(c, name="lab") -> None:
     """Table of the lab's nodes: address, roles, machine, systemd state, SSH; exit 1 if any is not ok."""
     from hardway import lab
 
@@ -88,7 +88,7 @@ class _BreakTask(Task):
 
 @task(klass=_BreakTask, name="break", auto_shortflags=False, positional=["drill"], help=BREAK_HELP)
 @user_errors
-def lab_break(c, drill=None, name="lab", pki_dir=None, undo=False, list=False, json=False):
+def lab_break(c, drill=None, name="lab", pki_dir=None, undo=False, list=False, json=False) -> None:
     """Inject one known failure into the lab (a drill), then let `invoke verify` name the cause and the fix."""
     from hardway import drills
     from hardway import lab as lab_lib

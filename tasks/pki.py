@@ -34,7 +34,7 @@ def _renew_within(inv, days: str | None):  # -> datetime.timedelta
                  "to every node",
 })
 @user_errors
-def pki_generate(c, inventory=None, pki_dir=None, rotate_ca=False, renew_within_days=None):
+def pki_generate(c, inventory=None, pki_dir=None, rotate_ca=False, renew_within_days=None) -> None:
     """Issue/keep certificates, then write kubeconfigs and the encryption config (idempotent)."""
     from hardway import jumpbox
     from hardway import pki as pki_lib
@@ -51,7 +51,7 @@ def pki_generate(c, inventory=None, pki_dir=None, rotate_ca=False, renew_within_
 
 @task(auto_shortflags=False, help=PKI_HELP)
 @user_errors
-def pki_check(c, inventory=None, pki_dir=None, renew_within_days=None):
+def pki_check(c, inventory=None, pki_dir=None, renew_within_days=None) -> None:
     """Table of every certificate's expiry and drift; exit 1 if any is missing, drifted or expiring."""
     from hardway import pki as pki_lib
 

@@ -16,7 +16,7 @@ from .common import CACHE_DIR, INVENTORY_HELP, PKI_DIR_HELP, ROOT, load_inventor
     "out": "output directory (default: build/<cluster name>)",
 })
 @user_errors
-def render_build(c, node=None, inventory=None, pki_dir=None, out=None):
+def render_build(c, node=None, inventory=None, pki_dir=None, out=None) -> None:
     """Write every file each node receives to build/<cluster>/<node>/ plus manifest.json; lint the units."""
     from hardway import build
 

@@ -26,7 +26,7 @@ from .common import (
     "timeout": "seconds to wait for each restarted service (default 90)",
 })
 @user_errors
-def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within=None, timeout=None):
+def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within=None, timeout=None) -> None:
     """After an address or SAN change in the inventory: reissue exactly what it affects, push, restart rolling."""
     from datetime import timedelta
 

@@ -53,7 +53,7 @@ class _Which(Argument):
 
 
 class _ChapterTask(Task):
-    def get_arguments(self, ignore_unknown_help=None):
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
         args = super().get_arguments(ignore_unknown_help)
         which = next(a for a in args if a.name == "which")
         which.__class__ = _Which
@@ -64,7 +64,7 @@ class _ChapterTask(Task):
 @task(klass=_ChapterTask, name="chapter", positional=["which"], auto_shortflags=False, help=HELP)
 @user_errors
 def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=False, inventory=None, pki_dir=None,
-            timeout=None, adopt=False, fix=False):
+            timeout=None, adopt=False, fix=False) -> None:
     """Walk the tutorial: `--list`, `chapter N` (what, files, by hand, changes), `--apply`, `--next`."""
     from hardway import remote, walkthrough
     from hardway.walkthrough import report
