@@ -207,3 +207,18 @@ def test_verify_asks_each_member_once_unless_a_hand_edit_names_more_files(lab_li
     fails = [r for r in ETCD.verify(ctx) if r.status == "fail" and r.node == inv.controllers[0].name]
     assert c0.asked.count("file_stats") == 2
     assert any("references /var/lib/etcd-wal, which does not exist" in r.detail for r in fails), fails
+
+
+def test_the_apply_measures_each_disk_once_and_verify_alone_measures_it_again(lab_like) -> None:
+    """The checks after an apply reuse the preflight's fsync figure of the same task (seconds old);
+    a verify of its own measures."""
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    report = apply(inv, state, cluster)
+    assert {n: node.asked.count("fsync_p99") for n, node in cluster.nodes.items()} == {
+        c.name: 1 for c in inv.controllers}
+    assert [r for r in report.results if r.check == "disk-fsync" and r.status == "ok"]
+    for node in cluster.nodes.values():
+        node.asked.clear()
+    ETCD.verify(Context(inv, state, connector=cluster.connector, progress=QUIET))
+    assert all(node.asked.count("fsync_p99") == 1 for node in cluster.nodes.values())

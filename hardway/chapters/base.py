@@ -72,6 +72,9 @@ class Context:
     # the checks that follow an apply need not hash the same files again
     disk: dict[str, tuple[dict[str, str | None], dict[str, FileStat | None]]] = field(default_factory=dict,
                                                                                       repr=False)
+    # node -> every fact the survey read this task: a check may reuse a measurement instead of taking
+    # it again seconds later (etcd's fsync probe)
+    surveyed: dict[str, FactValues] = field(default_factory=dict, repr=False)
 
     def files(self, chapter: Chapter, node: Node) -> list[File]:
         """What ``chapter`` puts on ``node``; planned once per task (binaries are hashed once)."""
@@ -277,6 +280,7 @@ class Chapter:
             raise err
         by_name = {s.node.name: s for s in surveys}
         for s in surveys:
+            ctx.surveyed[s.node.name] = s.facts
             if s.push.idle and hashes_fact_of(s) is not None:
                 ctx.disk[s.node.name] = (s.facts[hashes_fact_of(s)], s.stats)
         start_plans: dict[str, services.StartPlan] = {}

@@ -20,7 +20,7 @@ from hardway.chapters.etcd.files import UNIT, UNIT_PATH
 from hardway.chapters.etcd.preflight import FSYNC_P99_LIMIT_MS, fsync_finding, fsync_p99
 from hardway.chapters.etcd.signatures import SIGNATURES
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
-from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint
+from hardway.facts import Fact, FactOutput, FactValues, file_hashes, file_stats, gather, journal_since_start, unit_lint
 from hardway.files import File, stamps
 from hardway.inventory import Inventory, Node
 from hardway.remote import Remote
@@ -67,9 +67,10 @@ def referenced_paths(unit_text: str) -> set[str]:
     return {w.split("=", 1)[-1] for w in exec_words(unit_text) if w.split("=", 1)[-1].startswith("/") and "," not in w}
 
 
-def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
+def gather_member(inv: Inventory, r: Remote, files: list[File], surveyed: FactValues | None = None) -> MemberFacts:
     """Everything verify needs from one member, in one round trip (plus one if a hand-edited unit names files
-    the rendered one does not: what the rendered unit names is asked in the first)."""
+    the rendered one does not: what the rendered unit names is asked in the first). ``surveyed``: what this
+    task's preflight read from the node; its fsync figure is reused rather than measured again."""
     paths = [x.path for x in files]
     unit = next((x for x in files if x.path == UNIT_PATH), None)
     rendered_refs = referenced_paths(unit.data().decode()) if unit is not None else set()
@@ -78,13 +79,15 @@ def gather_member(inv: Inventory, r: Remote, files: list[File]) -> MemberFacts:
     put = write(inv, r.node)
     # everything at once (etcdctl calls mostly wait on the network), but the disk probe after the rest
     # (it is ``alone``), so nothing else disturbs the figure: one exec
-    v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), put, fsync], timeout=60,
-               parallel=True)
+    measured = surveyed is not None and fsync in surveyed
+    v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), put,
+                   *([] if measured else [fsync])], timeout=60, parallel=True)
     f = MemberFacts(cluster.view_from(inv, r.node, v))
     f.hashes = v[hashes]
     f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items() if p in paths}
     f.lint = "\n".join(line for line in v[lint].splitlines() if "etcd" in line)
-    f.journal, f.fsync_p99_ms, f.write = v[journal], v[fsync], v[put]
+    f.journal, f.write = v[journal], v[put]
+    f.fsync_p99_ms = surveyed[fsync] if surveyed is not None and measured else v[fsync]
     referenced = referenced_paths(v[UNIT_TEXT]) - set(paths)
     known = {p: v[stats][p] is not None for p in referenced & rendered_refs}
     if extra := sorted(referenced - rendered_refs):  # a hand-edited unit naming files the render does not
@@ -261,7 +264,8 @@ def judge(inv: Inventory, facts: dict[str, MemberFacts], files: dict[str, list[F
 def verify(ctx: Context, files: dict[str, list[File]]) -> list[CheckResult]:
     """Every member's unit, files, data dir, health, disk and journal; the cluster; client auth."""
     inv = ctx.inv
-    outcomes = remote.fan_out(inv, inv.controllers, lambda r: gather_member(inv, r, files[r.node.name]),
+    outcomes = remote.fan_out(inv, inv.controllers,
+                              lambda r: gather_member(inv, r, files[r.node.name], ctx.surveyed.get(r.node.name)),
                               connector=ctx.connector)
     results: list[CheckResult] = []
     facts: dict[str, MemberFacts] = {}
