@@ -29,7 +29,7 @@ from hardway import deploy, remote, services
 from hardway.checks import FAIL, Check, CheckResult, run_checks
 from hardway.deploy import PushPlan, PushReport
 from hardway.errors import HardwayError
-from hardway.facts import Fact, FactValues, FileStat, UnitState, concurrently, gather, unit_states
+from hardway.facts import Fact, FactValues, FileStat, UnitState, gather, unit_states
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.planner import Planner, files_for
@@ -168,7 +168,9 @@ class Chapter:
     units: tuple[str, ...] = ()  # its services, in start and restart order
     binaries: tuple[str, ...] = ()  # binaries it installs (the lab hides the host's copies)
     no_block_start: bool = False  # Type=notify units that only come up together (etcd)
-    survey_at_once: bool = False  # run the survey's facts at the same time on a node (none measures latency)
+    # run the survey's facts at the same time on a node (a fact that measures latency is marked ``alone``: it
+    # runs after the rest)
+    survey_at_once: bool = False
     signatures: tuple[Signature, ...] = ()  # journal lines of its services that name a cause (verify, diagnose)
     fixable: bool = False  # its task takes --fix: preflight's fixable findings are repaired (Context.fix)
 
@@ -220,11 +222,7 @@ class Chapter:
             hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
             states_fact = unit_states(self.node_units(r.node))
             asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact]
-            if self.survey_at_once:
-                together = concurrently("survey", list({f.key: f for f in asked}.values()))
-                facts = FactValues(gather(r, [together])[together])
-            else:
-                facts = gather(r, asked)
+            facts = gather(r, asked, parallel=self.survey_at_once)
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
             findings = self.judge(ctx, r.node, facts)

@@ -26,9 +26,10 @@ class EtcdChapter(Chapter):
     name = "etcd"
     title = "Bootstrapping the etcd cluster"
     summary = ("etcd stores every object of the cluster. Each controller runs one member; members talk TLS to "
-               "each other and to clients, and accept only clients with a certificate from the cluster's CA.")
+               "each other and to clients, and accept only clients with a certificate from etcd's own CA.")
     task = "bootstrap-etcd"
     applied_by_task = True
+    survey_at_once = True  # etcdctl calls mostly wait; the fsync probe is `alone`: it runs after them
     units = (files.UNIT,)
     binaries = ("etcd", "etcdctl", "etcdutl")
     no_block_start = True
