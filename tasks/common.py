@@ -25,6 +25,7 @@ CACHE_DIR = ROOT / "build" / "cache"  # fetched binaries, keyed by sha256
 INVENTORY_HELP = "inventory file (default: $HARDWAY_INVENTORY, else inventory/lab.yaml)"
 PKI_DIR_HELP = "PKI state directory (default: pki/<cluster name>)"
 
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a HardwayError into one line and exit 1, never a traceback."""
 
@@ -65,12 +66,12 @@ def digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def seconds(value, flag: str, default: float) -> float:
+def seconds(value: object, flag: str, default: float) -> float:
     """A positive number of seconds from a flag (invoke's own int parsing would raise a traceback)."""
     if value is None:
         return default
     try:
-        parsed = float(value)
+        parsed = float(str(value))
     except ValueError:
         parsed = -1.0
     if not 0 < parsed <= MAX_SECONDS:  # also refuses nan and inf, which float() accepts
@@ -78,11 +79,11 @@ def seconds(value, flag: str, default: float) -> float:
     return parsed
 
 
-def whole_number(value, flag: str) -> int | None:
+def whole_number(value: object, flag: str) -> int | None:
     """A count from a flag, None when not given."""
     if value is not None and not digits(str(value)):
         raise HardwayError(f"{flag}: {value!r} is not a whole number")
-    return None if value is None else int(value)
+    return None if value is None else int(str(value))
 
 
 def pki_state(inv: Inventory, pki_dir: str | None) -> PkiState:
@@ -98,14 +99,15 @@ def context(inv: Inventory, state: PkiState, *, connector: Connector, timeout: f
     return Context(inv, state, cache_dir=CACHE_DIR, connector=connector, timeout=timeout, adopt=adopt)
 
 
-def days(value, flag: str) -> int:
+def days(value: object, flag: str) -> int:
+    """A number of days from a flag: 30 or 30d."""
     text = str(value).strip().lower().removesuffix("d")
     if not digits(text) or int(text) > MAX_DAYS:
         raise HardwayError(f"{flag}: {value!r} is not a number of days such as 30d (at most {MAX_DAYS})")
     return int(text)
 
 
-def help_asked(value, name: str, fn, helps: dict[str, str]) -> None:
+def help_asked(value: object, name: str, fn: Callable[..., Any], helps: dict[str, str]) -> None:
     """invoke hands ``--help`` to a task's missing positional argument instead of printing help: do it here."""
     if value not in ("-h", "--help"):
         return
