@@ -39,7 +39,7 @@ from hardway.paths import APISERVER_PORT
 from hardway.remote import Remote
 from hardway.standins import is_standin as says_standin
 
-POLL_S = 0.25
+POLL_S = 0.1
 RBAC_OBJECTS = ("clusterrole/system:kube-apiserver-to-kubelet", "clusterrolebinding/system:kube-apiserver")
 
 
