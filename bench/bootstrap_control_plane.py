@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cli, ssh_options  # noqa: E402
 from hardway import jumpbox, lab, remote  # noqa: E402
 from hardway.chapters import Context  # noqa: E402
 from hardway.chapters.control_plane import CHAPTER as CP  # noqa: E402
@@ -58,21 +59,11 @@ def library_apply(chapter, the_lab: lab.Lab, state: PkiState):  # -> (seconds, A
     return time.monotonic() - t0, report
 
 
-def cli(the_lab: lab.Lab, state: PkiState, *args: str) -> float:
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args, "--inventory",
-                           str(the_lab.inventory_path), "--pki-dir", str(state.root)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"`invoke {' '.join(args)}` failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
-    return time.monotonic() - t0
-
 
 def hand_way(the_lab: lab.Lab, state: PkiState, workdir: Path) -> float:
     """The tutorial's way with the same files: per node, one connection per step, one node after another."""
     inv = the_lab.inventory
-    ssh_opts = ["-i", str(inv.ssh.key), "-o", f"UserKnownHostsFile={inv.ssh.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+    ssh_opts = ssh_options(inv)
     t0 = time.monotonic()
     for node in (*inv.controllers, *inv.loadbalancers):
         files = chapter_files(inv, node, state, "control-plane")
@@ -148,7 +139,7 @@ def main() -> None:
                 add("rerun", seconds)
                 for phase, t in again.phases.items():
                     add(f"rerun:{phase}", t)
-                add("rerun-cli", cli(a, state, "bootstrap-control-plane"))
+                add("rerun-cli", cli(a, state, "bootstrap-control-plane")[0])
             finally:
                 lab.down(a.name, report=lambda _m: None)
             b = fresh_lab(f"b{i}")

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cli, ssh_options  # noqa: E402
 from hardway import jumpbox, lab, remote  # noqa: E402
 from hardway.chapters import Context  # noqa: E402
 from hardway.chapters.etcd import CHAPTER as ETCD  # noqa: E402
@@ -65,20 +66,10 @@ def library_verify(the_lab: lab.Lab, state: PkiState) -> list:
         return ETCD.verify(Context(the_lab.inventory, state, connector=pool, progress=remote.QUIET))
 
 
-def cli(the_lab: lab.Lab, state: PkiState, *args: str) -> float:
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args, "--inventory",
-                           str(the_lab.inventory_path), "--pki-dir", str(state.root)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"`invoke {' '.join(args)}` failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
-    return time.monotonic() - t0
-
 
 def hand_way(the_lab: lab.Lab, state: PkiState, workdir: Path) -> float:
     inv = the_lab.inventory
-    ssh_opts = ["-i", str(inv.ssh.key), "-o", f"UserKnownHostsFile={inv.ssh.known_hosts}",
-                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+    ssh_opts = ssh_options(inv)
     t0 = time.monotonic()
     for node in inv.controllers:
         files = chapter_files(inv, node, state, "etcd")
@@ -133,8 +124,8 @@ def hardway_round(tag: str, members: int, tmp: Path, rows: dict[str, list[float]
         seconds, _ = timed(lambda: library_verify(the_lab, state))
         rows[f"verify{members}"].append(seconds)
         if cli_too:
-            rows[f"rerun-cli{members}"].append(cli(the_lab, state, "bootstrap-etcd"))
-            rows[f"verify-cli{members}"].append(cli(the_lab, state, "verify", "--chapter", "etcd"))
+            rows[f"rerun-cli{members}"].append(cli(the_lab, state, "bootstrap-etcd")[0])
+            rows[f"verify-cli{members}"].append(cli(the_lab, state, "verify", "--chapter", "etcd")[0])
     finally:
         lab.down(the_lab.name, report=lambda _m: None)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cli  # noqa: E402
 from hardway import jumpbox, lab, remote  # noqa: E402
 from hardway.chapters import Context  # noqa: E402
 from hardway.chapters.etcd import CHAPTER as ETCD  # noqa: E402
@@ -116,15 +117,6 @@ class Hand:
                        "systemctl daemon-reload")
         return time.monotonic() - t0
 
-
-def cli(the_lab: lab.Lab, state: PkiState, *args: str) -> tuple[float, str]:
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args, "--inventory",
-                           str(the_lab.inventory_path), "--pki-dir", str(state.root)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"`invoke {' '.join(args)}` failed: {proc.stdout[-500:]}{proc.stderr[-500:]}")
-    return time.monotonic() - t0, proc.stdout
 
 
 def main() -> None:
