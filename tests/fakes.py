@@ -313,3 +313,18 @@ class FakeCluster:
         if state.unreachable:
             raise RemoteError(f"{node.name} ({node.address}:22): unreachable (no answer within 10s)")
         return FakeRemote(node, state)
+
+
+def restart_whatever_runs(monkeypatch) -> None:  # monkeypatch: pytest.MonkeyPatch
+    """Break the start logic on purpose: every running unit is restarted on every run. A chapter's
+    re-run test must notice (the tests that show their own assertion can fail use this)."""
+    from hardway import services
+
+    real = services.plan_start
+
+    def restart_everything(units, written, files, stats, states, **kw):
+        plan = real(units, written, files, stats, states, **kw)
+        running = tuple(u for u in units if states[u].active == "active")
+        return services.StartPlan(plan.reload, plan.enable, plan.start, running)
+
+    monkeypatch.setattr(services, "plan_start", restart_everything)

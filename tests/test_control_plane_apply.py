@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hardway import inventory, jumpbox, services
+from hardway import inventory, jumpbox
 from hardway.chapters import Context
 from hardway.chapters.control_plane import CHAPTER as CP
 from hardway.chapters.control_plane import files as cp_files
@@ -22,7 +22,7 @@ from hardway.facts import FactOutput
 from hardway.remote import QUIET
 from hardway.state import PkiState
 from tests import cp_fakes
-from tests.fakes import FakeCluster
+from tests.fakes import FakeCluster, restart_whatever_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROLLERS = ("controller-0", "controller-1", "controller-2")
@@ -130,14 +130,7 @@ def test_the_rerun_test_catches_a_chapter_that_restarts_what_runs(cp, monkeypatc
     cluster = fake_cluster(inv)
     apply(inv, state, cluster)
     clear(cluster)
-    real = services.plan_start
-
-    def restart_everything(units, written, files, stats, states, **kw):
-        plan = real(units, written, files, stats, states, **kw)
-        running = tuple(u for u in units if states[u].active == "active")
-        return services.StartPlan(plan.reload, plan.enable, plan.start, running)
-
-    monkeypatch.setattr(services, "plan_start", restart_everything)
+    restart_whatever_runs(monkeypatch)
     report = apply(inv, state, cluster)
     assert report.restarted, "broken on purpose: the re-run test above would see these restarts"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from hardway import inventory, services
+from hardway import inventory
 from hardway.chapters import Context
 from hardway.chapters.etcd import CHAPTER as ETCD
 from hardway.chapters.etcd.files import CERT, UNIT_PATH
 from hardway.errors import HardwayError
 from hardway.remote import QUIET
 from tests.etcd_fakes import FakeEtcd, stale
-from tests.fakes import FakeCluster, FakeFile
+from tests.fakes import FakeCluster, FakeFile, restart_whatever_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 WAL_HEAD = (Path(__file__).parent / "data" / "etcd-3.4-wal-head.bin").read_bytes()  # another cluster's
@@ -95,14 +95,7 @@ def test_the_rerun_test_catches_a_chapter_that_restarts_every_member(lab_like, m
     apply(inv, state, cluster)
     for node in cluster.nodes.values():
         node.commands.clear(), node.uploads.clear(), node.starts.clear(), node.restarts.clear()
-    real = services.plan_start
-
-    def restart_everything(units, written, files, stats, states, **kw):
-        plan = real(units, written, files, stats, states, **kw)
-        running = tuple(u for u in units if states[u].active == "active")
-        return services.StartPlan(plan.reload, plan.enable, plan.start, running)
-
-    monkeypatch.setattr(services, "plan_start", restart_everything)
+    restart_whatever_runs(monkeypatch)
     with pytest.raises(AssertionError):
         assert_nothing_changed(apply(inv, state, cluster), cluster)
 
