@@ -294,10 +294,10 @@ def _rewrite(ctx: Context, state: PkiState, rot: Rotation, out: Outcome, resume:
     else:
         from hardway.chapters.control_plane.apply import kubectl
 
-        got = kubectl(ctx, "get", "secrets", "-A", "-o", "json")
+        got = kubectl(ctx, "get", "secrets", "-A", "-o", "json", timeout=600)
         if got.returncode != 0:
             raise HardwayError(f"kubectl get secrets -A: {got.stderr.strip()[:200]}")
-        put = kubectl(ctx, "replace", "-f", "-", stdin=got.stdout)
+        put = kubectl(ctx, "replace", "-f", "-", stdin=got.stdout, timeout=600)  # one request per Secret
         if put.returncode != 0:
             raise HardwayError(f"kubectl replace: {put.stderr.strip()[:200]}")
         out.say(ctx, f"rewrite every Secret: ok ({len(json.loads(got.stdout).get('items', []))} replaced)")

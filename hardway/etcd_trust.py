@@ -81,7 +81,10 @@ def _file(path: str, data: str, service: str, chapter: str) -> File:
 def plan(ctx: Context) -> TrustRoll:
     """Ask every controller what etcd trusts and what hardway deployed there; decide the steps."""
     inv, state = ctx.inv, ctx.state
-    new_ca = split_pems(state.cert(ETCD_CA_NAME).read_text())[0]
+    pems = split_pems(state.cert(ETCD_CA_NAME).read_text())
+    if not pems:
+        raise HardwayError(f"{state.cert(ETCD_CA_NAME)}: holds no certificate; run `invoke pki` to issue the etcd CA")
+    new_ca = pems[0]
     etcd_ch, cp_ch = owner_of(etcd_files.UNIT), owner_of(cp_files.APISERVER)
     planned = {c.name: {f.path: f for f in (*ctx.files(etcd_ch, c), *ctx.files(cp_ch, c))} for c in inv.controllers}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from invoke import Collection, Exit, Task, task
 from invoke.parser import Argument
 
@@ -110,8 +112,8 @@ def lab_break(c, drill=None, name="lab", pki_dir=None, undo=False, list=False, j
     drills.by_name(drill)
     the_lab = lab_lib.get(name)
     env = drills.Env(the_lab.inventory, pki_state(the_lab.inventory, pki_dir), the_lab)
-    flags = "" if name == lab_lib.DEFAULT_NAME else f" --inventory {the_lab.inventory_path}"
-    flags += f" --pki-dir {pki_dir}" if pki_dir else ""
+    flags = "" if name == lab_lib.DEFAULT_NAME else f" --inventory {shlex.quote(str(the_lab.inventory_path))}"
+    flags += f" --pki-dir {shlex.quote(pki_dir)}" if pki_dir else ""
     if undo:
         done = drills.undo(env, drill)
         print(f"lab.break {drill} --undo: {done.what}")
@@ -121,7 +123,7 @@ def lab_break(c, drill=None, name="lab", pki_dir=None, undo=False, list=False, j
     print(f"now run `invoke verify{flags}`: its {done.drill.check} check names the cause ({done.cause}) and the fix "
           f"({done.fix})")
     print(f"put the lab back with `invoke lab.break {drill}{'' if name == lab_lib.DEFAULT_NAME else ' --name ' + name}"
-          f"{' --pki-dir ' + pki_dir if pki_dir else ''} --undo`")
+          f"{' --pki-dir ' + shlex.quote(pki_dir) if pki_dir else ''} --undo`")
 
 
 lab_ns = Collection("lab")

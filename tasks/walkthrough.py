@@ -13,6 +13,7 @@ from invoke.parser import Argument
 from hardway.errors import HardwayError
 
 from .common import (
+    CACHE_DIR,
     INVENTORY_HELP,
     PKI_DIR_HELP,
     ROOT,
@@ -140,7 +141,7 @@ def _apply(c, t, inventory, pki_dir, timeout, adopt, fix) -> None:
         kubeconfig.kubeconfig_admin.body(c, inventory=inventory, pki_dir=pki_dir)
     elif t.kind == tutorial.BINARIES:
         inv = load_inventory(inventory)
-        for path in binaries.fetch_all(inv, sorted(inv.binaries), ROOT / "build" / "cache"):
+        for path in binaries.fetch_all(inv, sorted(inv.binaries), CACHE_DIR):
             print(path)
     elif t.kind == tutorial.MACHINES:
         if Path(inventory_path(inventory)).resolve() != (ROOT / "inventory" / "lab.yaml").resolve():

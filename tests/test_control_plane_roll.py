@@ -61,15 +61,20 @@ class Poller(threading.Thread):
             time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def roll_lab(lab_factory, tmp_path_factory):
+def control_plane_lab(lab_factory, tmp_path_factory, name: str):  # -> (Lab, PkiState)
+    """A lab of its own (3 controllers + lb-0) with etcd and the control plane up and verified."""
     the_lab = lab_factory(3, 0, loadbalancers=1)
-    state = PkiState(tmp_path_factory.mktemp("pki") / "roll")
+    state = PkiState(tmp_path_factory.mktemp("pki") / name)
     jumpbox.generate(the_lab.inventory, state)
     ETCD.apply(Context(the_lab.inventory, state, progress=QUIET))
     report = CP.apply(Context(the_lab.inventory, state, progress=QUIET))
     assert not [r for r in report.results if r.status == FAIL]
     return the_lab, state
+
+
+@pytest.fixture(scope="module")
+def roll_lab(lab_factory, tmp_path_factory):
+    return control_plane_lab(lab_factory, tmp_path_factory, "roll")
 
 
 def test_the_endpoint_moves_and_a_polling_client_sees_no_failure(roll_lab, tmp_path: Path) -> None:

@@ -17,19 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from hardway import encryption, jumpbox, procedure
+from hardway import encryption, procedure
 from hardway import encryption_rotation as er
 from hardway.chapters import Context
 from hardway.chapters.control_plane import CHAPTER as CP
-from hardway.chapters.etcd import CHAPTER as ETCD
 from hardway.chapters.etcd.files import ctl
 from hardway.checks import FAIL
 from hardway.errors import HardwayError
 from hardway.facts import unit_states
 from hardway.remote import QUIET, Progress
-from hardway.state import PkiState
 from tests.test_bootstrap_etcd import run_on
-from tests.test_control_plane_roll import Poller
+from tests.test_control_plane_roll import Poller, control_plane_lab
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +36,7 @@ LEGACY = "/registry/secrets/default/legacy"
 
 @pytest.fixture(scope="module")
 def enc_lab(lab_factory, tmp_path_factory):
-    the_lab = lab_factory(3, 0, loadbalancers=1)
-    state = PkiState(tmp_path_factory.mktemp("pki") / "enc")
-    jumpbox.generate(the_lab.inventory, state)
-    ETCD.apply(Context(the_lab.inventory, state, progress=QUIET))
-    report = CP.apply(Context(the_lab.inventory, state, progress=QUIET))
-    assert not [r for r in report.results if r.status == FAIL]
-    return the_lab, state
+    return control_plane_lab(lab_factory, tmp_path_factory, "enc")
 
 
 def stages(inv, rot: er.Rotation) -> dict[str, int | None]:

@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,7 +135,8 @@ def test_node_block_order_and_modes(ctx):
     section = manual.node_section(node, "etcd", files, view.sources(ctx, etcd, node), etcd.node_units(node),
                                   no_block=etcd.no_block_start)
     cmds = [c for c in section.commands if not c.startswith("#")]
-    assert cmds[0] == "install -d -m 0700 /var/tmp/hardway-walk-etcd" and cmds[1].startswith("mkdir -p ")
+    assert re.fullmatch(r"install -d -m 0700 /var/tmp/hardway-walk-etcd-[0-9a-f]{12}", cmds[0]), cmds[0]
+    assert cmds[1].startswith("mkdir -p ")
     installs = [c for c in cmds if c.startswith("install -m ")]
     assert len(installs) == len(files)
     for f, c in zip(files, installs, strict=True):

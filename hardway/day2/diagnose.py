@@ -235,7 +235,7 @@ def _cert_matches(node: str, text: str, ctx: Context) -> list[Match]:
                 state = "expired" if days < 0 else f"expires in {days} days"
                 out.append(Match(node, "certificates", f"{current} {state} ({m.group(1).strip()})",
                                  "TLS to and from this service fails once it expires",
-                                 "`invoke rotate-certs --expiring-within 30d`"))
+                                 f"`invoke rotate-certs --expiring-within {ctx.inv.renew_within_days}d`"))
     return out
 
 

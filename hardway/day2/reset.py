@@ -107,7 +107,6 @@ def guard(ctx: Context, nodes: Sequence[Node], all_controllers: bool, view: Clus
     resetting = [n for n in nodes if n.is_controller]
     if not resetting or all_controllers:
         return
-    every_controller(inv, nodes, all_controllers)
     total = len(view.members) if view and view.members else len(inv.controllers)
     left = [v for v in (view.in_cluster if view else []) if v.node not in resetting]
     if len(left) < quorum(total - len(resetting)):
@@ -181,7 +180,8 @@ def _plan_node(ctx: Context, proc: Procedure, node: Node, view: ClusterView | No
                  wipe.replace("; ", "\n"), partial(run_on, ctx, node, wipe), final=finish)
         reload = "systemctl daemon-reload; systemctl reset-failed 2>/dev/null; true"
         proc.add(n, "daemon-reload", reload, partial(run_on, ctx, node, reload))
-    for ch in chapters:
+    deployed = {e.chapter for e in found.record.values()}
+    for ch in [ch for ch in chapters if ch.name in deployed]:  # a data dir of something hardway never ran: not ours
         for d in ch.data_dirs(inv):
             move = (f"if [ -n \"$(ls -A {shlex.quote(d)} 2>/dev/null | grep -vx lost+found)\" ]; then "
                     f"{datadir.move_aside(d, stamp)}; fi")

@@ -225,7 +225,9 @@ def undo_stub_resolver(env: Env, node: Node) -> str:
 
 
 def drop_route(env: Env, node: Node) -> str:
-    other = next(w for w in env.inv.workers if w.name != node.name)
+    other = next((w for w in env.inv.workers if w.name != node.name), None)
+    if other is None:
+        raise HardwayError("this drill needs two workers: a route to another worker's pods is what it drops")
     env.sh(node, f"ip route del {other.pod_cidr} proto {PROTO}")
     return f"{node.name}: route to {other.name}'s pods ({other.pod_cidr} via {other.address}) deleted"
 

@@ -95,14 +95,16 @@ def make_stale(env: Env, node: Node, drill: str) -> None:
     of this one restored with another cluster token), and etcd starts on it: a member re-added with
     the data dir it had before. Its own member dir goes to the stash."""
     inv = env.inv
-    donor = next(c for c in inv.controllers if c.name != node.name)
+    donor = next((c for c in inv.controllers if c.name != node.name), None)
+    if donor is None:
+        raise HardwayError("this drill needs a second controller to take the older cluster's snapshot from")
     initial = ",".join(f"{c.name}={inv.etcd_peer_url(c)}" for c in inv.controllers)
     snap = f"{stash_dir(drill)}/older.db"
     env.sh(donor, f"mkdir -p -m 0700 {stash_dir(drill)} && {ctl(inv, donor, f'snapshot save {snap}')} >/dev/null")
     chunks: list[bytes] = []
     r = remote.connect(inv, donor)
     try:
-        r.fetch(f"cat {snap}; rm -f {snap}; rmdir {stash_dir(drill)} 2>/dev/null; true", chunks.append)
+        r.fetch(f"cat {snap} && rm -f {snap} && {{ rmdir {stash_dir(drill)} 2>/dev/null; true; }}", chunks.append)
     finally:
         r.close()
     r = remote.connect(inv, node)

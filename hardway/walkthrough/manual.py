@@ -15,6 +15,7 @@ next option glued on ("Missing '='"). Quoted, the body is taken byte for byte.
 from __future__ import annotations
 
 import base64
+import secrets
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from hardway.inventory import Inventory, Node
 from hardway.services import systemctl_command
 
 TYPE_MAX_BYTES = 32 * 1024  # a bigger file (the stand-ins' programs) is copied from `invoke render`'s output
+_RUN = secrets.token_hex(6)
 STAGING_ROOT = "/var/tmp"  # where copied and typed files wait on the node until `install` puts them in place
 B64_WIDTH = 76
 
@@ -42,7 +44,9 @@ class Section:
 
 
 def staging_dir(chapter: str) -> str:
-    return f"{STAGING_ROOT}/hardway-walk-{chapter}"
+    """Unguessable (a suffix drawn once per run): another user of the node cannot make it first and read the
+    keys copied into it; created 0700 by the first command that needs it."""
+    return f"{STAGING_ROOT}/hardway-walk-{chapter}-{_RUN}"
 
 
 def staged_names(files: Sequence[File]) -> dict[str, str]:

@@ -39,7 +39,7 @@ NOT_STARTED, DONE, FAILING, SKIPPED = "not started", "done", "failing", "skipped
 # the jumpbox's tools (chapter 1) and the Debian package that has each
 TOOLS_NEEDED = {"ssh": "openssh-client", "scp": "openssh-client", "openssl": "openssl", "curl": "curl",
                 "systemd-analyze": "systemd"}
-KUBECTL_PACKAGE = "kubectl"
+KUBECTL_PACKAGE = "kubernetes-client"  # Debian's name, as scripts/setup.sh installs it
 
 
 @dataclass

@@ -118,8 +118,8 @@ def restart_apiserver(ctx: Context, node: Node) -> None:
         return taken
 
     drained = [o.node for o in _on_balancers(ctx, out) if o.value] if ctx.inv.loadbalancers else []
-    restart_unit(ctx, node, APISERVER, shown)
     try:
+        restart_unit(ctx, node, APISERVER, shown)
         wait_healthy(ctx, [node], {node.name: [APISERVER]})
     except HardwayError as exc:
         kept = f"; it stays out of rotation on {', '.join(n.name for n in drained)}" if drained else ""
@@ -207,14 +207,18 @@ def jumpbox_kubectl() -> str | None:
     return shutil.which("kubectl")
 
 
-def kubectl(ctx: Context, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(ctx: Context, *args: str, stdin: str | None = None, timeout: int = 60) -> subprocess.CompletedProcess[str]:
     """The jumpbox's kubectl with the admin kubeconfig (through the API endpoint)."""
     found = jumpbox_kubectl()
     if found is None:
         raise HardwayError("no kubectl on this jumpbox: hardway applies the RBAC with it; install it "
                            "(`apt-get install kubernetes-client`, or scripts/setup.sh)")
-    return subprocess.run([found, f"--kubeconfig={ctx.state.kubeconfig('admin')}", "--request-timeout=10s", *args],
-                          input=stdin, capture_output=True, text=True, timeout=60)
+    try:
+        return subprocess.run([found, f"--kubeconfig={ctx.state.kubeconfig('admin')}", "--request-timeout=10s",
+                               *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HardwayError(f"`kubectl {' '.join(args)}` did not finish within {timeout}s: is the API endpoint "
+                           "answering? (`invoke verify --chapter control-plane`)") from None
 
 
 def apply_rbac(ctx: Context) -> str:

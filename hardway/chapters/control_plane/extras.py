@@ -77,8 +77,11 @@ def judge_aggregation(inv: Inventory, node: Node, files: list[File]) -> CheckRes
     missing = [p for p in (ca_path, cert_path, _flag(argv, "proxy-client-key-file")) if p not in by_path]
     if missing:
         return fail(f"{', '.join(p or '?' for p in missing)}: named by the apiserver unit, not planned for the node")
-    ca = x509.load_pem_x509_certificate(by_path[ca_path].data())
-    cert = x509.load_pem_x509_certificate(by_path[cert_path].data())
+    try:
+        ca = x509.load_pem_x509_certificate(by_path[ca_path].data())
+        cert = x509.load_pem_x509_certificate(by_path[cert_path].data())
+    except ValueError:
+        return fail(f"{ca_path} or {cert_path}: not a PEM certificate, though the apiserver's flags name it as one")
     try:
         cert.verify_directly_issued_by(ca)
     except Exception:  # InvalidSignature, ValueError, TypeError: issued by another CA
