@@ -111,6 +111,16 @@ def test_reset_removes_exactly_the_record_and_only_on_that_node(deployed) -> Non
     assert etcd.data["controller-0"] is None and next(iter(etcd.aside.values()))[0] == old
 
 
+def test_a_data_dir_is_moved_aside_only_where_hardway_deployed_its_chapter(deployed) -> None:
+    """A controller whose record holds no etcd files: its reset never moves a /var/lib/etcd hardway did not make."""
+    inv, state, cluster, _ = deployed
+    c0 = cluster["controller-0"]
+    c0.facts.update({"deployed": ""})
+    proc, _ = reset.reset(ctx_for(inv, state, cluster), ["controller-0"], yes=True)
+    assert not [s for s in proc.steps if "aside" in s.what], [s.what for s in proc.steps]
+    assert not [c for c in c0.commands if "removed-" in c]
+
+
 def test_a_changed_file_is_moved_aside_and_an_adopted_original_goes_back(deployed) -> None:
     inv, state, cluster, _ = deployed
     c0 = cluster["controller-0"]
