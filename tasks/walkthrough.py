@@ -110,6 +110,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
             failed = exc
             if exc.message:
                 print(exc.message, file=sys.stderr)
+    inv = load_inventory(inventory)  # again: the apply may have written it (`lab.up` writes inventory/lab.yaml)
     with remote.Pool() as pool:
         ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
         ctx.progress = remote.QUIET

@@ -72,7 +72,7 @@ CHAPTERS: tuple[TutorialChapter, ...] = (
                     "The jumpbox is where you build the cluster from: it holds every binary the nodes get, the "
                     "CA and kubectl. Every binary the inventory names must be on it (a local path, or a URL "
                     "fetched into the cache and checked against its sha256).",
-                    BINARIES, "bash scripts/setup.sh"),
+                    BINARIES, "invoke chapter 2 --apply"),  # fetches every binary the inventory names
     TutorialChapter(3, "compute-resources", "Provisioning compute resources",
                     "The machines themselves, one per inventory node, each reachable over SSH as root with a "
                     "known host key and its own address. The local lab boots them as systemd-nspawn machines.",

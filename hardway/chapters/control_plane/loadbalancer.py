@@ -18,6 +18,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
+from hardway.chapters.control_plane.probes import host_port
 from hardway.errors import HardwayError
 from hardway.facts import Fact, FactOutput, gather
 from hardway.inventory import Inventory
@@ -41,11 +42,6 @@ DRAIN_S = 10.0  # how long a drained apiserver's connections may take to end bef
 POLL_S = 0.2
 
 
-def _host_port(address: object, port: int) -> str:
-    text = str(address)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
 def bind(inv: Inventory) -> str:
     """Every address of the node, in the family of the endpoint."""
     port = inv.api_endpoint.port
@@ -61,7 +57,7 @@ def plan_files(p: Planner) -> None:
     p.pki(CA, p.state.cert(CA_NAME), svc)
     p.pki(HEALTH_CERT, p.state.cert(LOADBALANCER), svc)
     p.pki(HEALTH_KEY, p.state.key(LOADBALANCER), svc, secret=True)
-    backends = [(c.name, _host_port(c.address, APISERVER_PORT)) for c in p.inv.controllers]
+    backends = [(c.name, host_port(str(c.address), APISERVER_PORT)) for c in p.inv.controllers]
     p.template(CONFIG, "configs/kube-apiserver-lb.cfg.j2", svc, node=p.node, bind=bind(p.inv), backends=backends,
                ca=CA, crt=HEALTH_CERT, socket=SOCKET, inter=CHECK_INTERVAL)
     p.template(UNIT_PATH, f"units/{UNIT}.service.j2", svc, node=p.node, inv=p.inv, argv=haproxy_argv(),
