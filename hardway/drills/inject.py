@@ -114,9 +114,10 @@ def make_stale(env: Env, node: Node, drill: str) -> None:
         r.close()
     data = shlex.quote(inv.etcd.data_dir)
     older = f"{stash_dir(drill)}/older"
-    env.sh(node, "systemctl stop etcd && "
-                 f"ETCDCTL_API=3 /usr/local/bin/etcdctl snapshot restore {snap} --name {node.name} "
+    # restored beside the data dir first: a failed restore leaves etcd running on its own data
+    env.sh(node, f"ETCDCTL_API=3 /usr/local/bin/etcdctl snapshot restore {snap} --name {node.name} "
                  f"--initial-cluster {initial} --initial-cluster-token an-older-cluster "
                  f"--initial-advertise-peer-urls {inv.etcd_peer_url(node)} --data-dir {older} >/dev/null 2>&1 && "
+                 "systemctl stop etcd && "
                  f"mv {data}/member {stash_dir(drill)}/member-$(date +%s) && mv {older}/member {data}/member && "
                  f"rm -rf {older} {snap} && systemctl start --no-block etcd")

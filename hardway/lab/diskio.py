@@ -69,7 +69,11 @@ def throttle(p: LabLayout, node: str, write_iops: int) -> str:
                            "io controller is available on this host")
     group = v1 / machine_name(p.name, node)
     group.mkdir(exist_ok=True)
-    (group / V1_FILE).write_text(f"{disk} {write_iops}\n")
+    try:
+        (group / V1_FILE).write_text(f"{disk} {write_iops}\n")
+    except OSError:  # the kernel refused the limit: no empty group left to look throttled
+        group.rmdir()
+        raise
     machine = cgroups.node_cgroups(p.name, node)
     for _ in range(3):  # a process forked while we move the others: catch it on the next pass
         for pid in sorted(cgroups.members(machine) - _procs(group)):
@@ -88,7 +92,8 @@ def _procs(group: Path) -> set[int]:
 def throttled(p: LabLayout, node: str) -> bool:
     v2 = _v2_group(p, node)
     if v2 is not None:
-        return "wiops=" in (v2 / "io.max").read_text() and "wiops=max" not in (v2 / "io.max").read_text()
+        limits = (v2 / "io.max").read_text()
+        return "wiops=" in limits and "wiops=max" not in limits
     v1 = _v1_hierarchy()
     return v1 is not None and (v1 / machine_name(p.name, node)).is_dir()
 
@@ -101,7 +106,7 @@ def unthrottle(p: LabLayout, node: str) -> bool:
         for line in text.splitlines():
             with contextlib.suppress(OSError):
                 (v2 / "io.max").write_text(f"{line.split()[0]} wiops=max\n")
-        return "wiops=" in text
+        return "wiops=" in text and "wiops=max" not in text
     v1 = _v1_hierarchy()
     if v1 is None:
         return False
