@@ -11,7 +11,9 @@ Each round boots fresh labs (not timed) and times, in the same run:
   connection per step (mkdir, copy binaries, certs and unit, daemon-reload, enable, start), then
   `etcdctl endpoint health` for every member. Its start uses --no-block: a blocking `systemctl
   start` of a Type=notify member would hang waiting for a quorum that the later nodes provide;
-- hardway with ``--scale`` members (default 9): fresh, re-run and verify, as a ratio to 3.
+- hardway with ``--scale`` members (default 9): fresh, re-run and verify, as a ratio to 3, each beside
+  the host's CPU seconds for it (every process: the lab's members share this host's cores, so a step
+  cannot take less wall time than its CPU seconds divided by the cores).
 Prints one table with the ratios side by side.
 """
 
@@ -29,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cli, ssh_options  # noqa: E402
+from bench.common import cli, measured, ssh_options  # noqa: E402
 from hardway import jumpbox, lab, remote  # noqa: E402
 from hardway.chapters import Context  # noqa: E402
 from hardway.chapters.etcd import CHAPTER as ETCD  # noqa: E402
@@ -48,12 +50,6 @@ def make_pki(the_lab: lab.Lab, root: Path) -> PkiState:
     state = PkiState(root / the_lab.name)
     jumpbox.generate(the_lab.inventory, state)
     return state
-
-
-def timed(fn) -> tuple[float, object]:
-    t0 = time.monotonic()
-    value = fn()
-    return time.monotonic() - t0, value
 
 
 def library_apply(the_lab: lab.Lab, state: PkiState):  # -> ApplyReport
@@ -111,18 +107,21 @@ def hardway_round(tag: str, members: int, tmp: Path, rows: dict[str, list[float]
     the_lab = fresh_lab(tag, members)
     try:
         state = make_pki(the_lab, tmp)
-        seconds, report = timed(lambda: library_apply(the_lab, state))
+        seconds, cpu, report = measured(lambda: library_apply(the_lab, state))
         assert not [r for r in report.results if r.status == "fail"], "hardway bootstrap did not verify"
         rows[f"fresh{members}"].append(seconds)
+        rows.setdefault(f"cpu-fresh{members}", []).append(cpu)
         rows[f"mb{members}"].append(report.bytes_sent / 1e6)
         rows[f"push{members}"].append(report.phases["push"])
         for phase, t in report.phases.items():
             rows.setdefault(f"phase{members}:{phase}", []).append(t)
-        seconds, again = timed(lambda: library_apply(the_lab, state))
+        seconds, cpu, again = measured(lambda: library_apply(the_lab, state))
         assert not any(again.written.values()) and not again.restarted and not again.started
         rows[f"rerun{members}"].append(seconds)
-        seconds, _ = timed(lambda: library_verify(the_lab, state))
+        rows.setdefault(f"cpu-rerun{members}", []).append(cpu)
+        seconds, cpu, _ = measured(lambda: library_verify(the_lab, state))
         rows[f"verify{members}"].append(seconds)
+        rows.setdefault(f"cpu-verify{members}", []).append(cpu)
         if cli_too:
             rows[f"rerun-cli{members}"].append(cli(the_lab, state, "bootstrap-etcd")[0])
             rows[f"verify-cli{members}"].append(cli(the_lab, state, "verify", "--chapter", "etcd")[0])
@@ -165,9 +164,14 @@ def main() -> None:
     if args.scale:
         n = args.scale
         print(f"scale: {n} members against 3 (same run)")
+        cores = os.cpu_count() or 1
         for key, label in (("fresh", "fresh bootstrap"), ("rerun", "re-run"), ("verify", "verify")):
+            big, small = med[f"cpu-{key}{n}"], med[f"cpu-{key}3"]
             print(f"  {label:52}{med[f'{key}{n}']:>8.2f} vs {med[f'{key}3']:.2f}  "
-                  f"({med[f'{key}{n}'] / med[f'{key}3']:.2f}x)")
+                  f"({med[f'{key}{n}'] / med[f'{key}3']:.2f}x)   host CPU {big:.2f} vs {small:.2f} core-s "
+                  f"({big / small:.2f}x), floor {big / cores:.2f} s on {cores} cores")
+        print(f"  {'':52}(the lab's members share this host's {cores} cores: no step can take less wall "
+              "time than its host CPU / cores)")
         print(f"  {'  sent to the nodes':52}{med[f'mb{n}']:>8.1f} MB at {med[f'mb{n}'] / med[f'push{n}']:.0f} MB/s")
         print(f"  {'  where it went':52}{phases(med, n)}")
 

@@ -26,19 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import host_cpu_seconds  # noqa: E402
 from hardway import jumpbox, lab, remote  # noqa: E402
 from hardway.chapters import Context  # noqa: E402
 from hardway.chapters.workers import CHAPTER as WORKERS  # noqa: E402
 from hardway.state import PkiState  # noqa: E402
 
 QUIET = lambda _m: None  # noqa: E731
-
-
-def host_cpu_seconds() -> float:
-    """CPU time the whole host has spent working (every process, the lab's nodes included)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def load() -> str:

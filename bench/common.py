@@ -1,16 +1,35 @@
-"""What the benchmarks share: running a task as a user types it, and the hand way's ssh options."""
+"""What the benchmarks share: running a task as a user types it, the hand way's ssh options, and the
+host's CPU time (the lab's nodes share this host's cores: a step that keeps them all busy is CPU-bound)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hardway import lab
 from hardway.state import PkiState
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def host_cpu_seconds() -> float:
+    """CPU time the whole host has spent working (every process, the lab's nodes included)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def measured(fn: Callable[[], T]) -> tuple[float, float, T]:
+    """(wall seconds, host CPU seconds, value) of ``fn()``."""
+    cpu0, t0 = host_cpu_seconds(), time.monotonic()
+    value = fn()
+    return time.monotonic() - t0, host_cpu_seconds() - cpu0, value
 
 
 def cli(the_lab: lab.Lab, state: PkiState, *args: str, timeout: int = 600) -> tuple[float, str]:

@@ -56,6 +56,7 @@ class FakeNode:
     commands: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)  # fact names, in the order gathers asked them
+    rounds: list[list[str]] = field(default_factory=list)  # one entry per gather (one exec): its fact names
     facts: dict[str, FactAnswer] = field(default_factory=dict)
     handlers: list[tuple[re.Pattern[str], Handler]] = field(default_factory=list)
     services: dict[str, FakeService] = field(default_factory=dict)
@@ -150,6 +151,7 @@ class FakeRemote:
 
     def gather(self, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
                ) -> dict[str, FactOutput]:
+        self.state.rounds.append([f.name for f in facts])
         for f in facts:
             self.state.event(f"gather {f.name}")
         return {f.key: self.state.answer(f) for f in facts}

@@ -88,6 +88,49 @@ def test_rerun_writes_nothing_and_restarts_nothing(lab_like) -> None:
     assert_nothing_changed(apply(inv, state, cluster), cluster)
 
 
+def test_a_rerun_that_changes_nothing_asks_each_member_once_and_judges_as_verify_does(lab_like) -> None:
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    for node in cluster.nodes.values():
+        node.rounds.clear()
+    report = apply(inv, state, cluster)
+    for c in inv.controllers:  # the survey read the checks' facts too (the write probe among them)
+        assert len(cluster[c.name].rounds) == 1, cluster[c.name].rounds
+        assert "etcd_write" in cluster[c.name].rounds[0]
+    alone = ETCD.verify(Context(inv, state, connector=cluster.connector, progress=QUIET))
+    assert [(r.check, r.node, r.status) for r in report.results] == [(r.check, r.node, r.status) for r in alone]
+    assert not [r for r in report.results if r.status == "fail"]
+
+
+def test_a_survey_that_previews_asks_no_check_fact(lab_like) -> None:
+    """`invoke chapter` previews an apply through the survey: it must not write etcd's check key."""
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    for node in cluster.nodes.values():
+        node.asked.clear()
+    from hardway.walkthrough.view import changes
+
+    changes(Context(inv, state, connector=cluster.connector, progress=QUIET), ETCD)
+    for c in inv.controllers:
+        assert cluster[c.name].asked and "etcd_write" not in cluster[c.name].asked, cluster[c.name].asked
+
+
+def test_a_rerun_that_writes_asks_again_after_the_push(lab_like) -> None:
+    """The checks judge what the apply made, not what the survey saw before it."""
+    inv, state = lab_like
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    cluster["controller-1"].files[CERT].data = b"stale\n"
+    cluster.log.clear()
+    apply(inv, state, cluster)
+    for c in inv.controllers:
+        log = [e for e in cluster.log if e.startswith(f"{c.name}: ")]
+        pushed = max(i for i, e in enumerate(cluster.log) if e.endswith(": push"))
+        assert f"{c.name}: gather etcd_write" in cluster.log[pushed:], (c.name, log)
+
+
 def test_the_rerun_test_catches_a_chapter_that_restarts_every_member(lab_like, monkeypatch) -> None:
     """The logic broken on purpose: restart whatever runs. The re-run assertion must notice."""
     inv, state = lab_like

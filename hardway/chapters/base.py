@@ -75,6 +75,9 @@ class Context:
     # node -> every fact the survey read this task: a check may reuse a measurement instead of taking
     # it again seconds later (etcd's fsync probe)
     surveyed: dict[str, FactValues] = field(default_factory=dict, repr=False)
+    # node -> what the survey read, while this task has changed nothing on any node: the checks judge
+    # these (the survey asked the checks' facts too) instead of asking again, one round trip saved
+    unchanged: dict[str, FactValues] = field(default_factory=dict, repr=False)
 
     def files(self, chapter: Chapter, node: Node) -> list[File]:
         """What ``chapter`` puts on ``node``; planned once per task (binaries are hashed once)."""
@@ -147,6 +150,15 @@ def hashes_fact_of(survey: Survey) -> Fact | None:
     return fact if fact in survey.facts else None
 
 
+def ask(ctx: Context, r: Remote, facts: Sequence[Fact], timeout: int | None = None, *, parallel: bool = False,
+        ) -> FactValues:
+    """``gather``, answered from the survey when this task changed nothing and the survey read them all."""
+    have = ctx.unchanged.get(r.node.name)
+    if have is not None and all(f in have for f in facts):
+        return have
+    return gather(r, facts, timeout, parallel=parallel)
+
+
 def first_failure(findings: Sequence[Finding]) -> HardwayError | None:
     failures = [f for f in findings if f.status == FAIL]
     if not failures:
@@ -202,6 +214,12 @@ class Chapter:
     def node_facts(self, ctx: Context, node: Node, files: list[File]) -> list[Fact]:
         return []
 
+    def check_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
+        """The facts the checks ask ``node`` in their first round trip, as they ask them after an apply
+        that pushed nothing there: the survey reads them too, so a re-run that changes nothing judges
+        its checks without asking again (``ask``)."""
+        return []
+
     def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
         return []
 
@@ -211,8 +229,10 @@ class Chapter:
 
     # --- apply --------------------------------------------------------------------------------
 
-    def survey(self, ctx: Context, nodes: Sequence[Node] | None = None) -> list[Survey]:
-        """Preflight every target in parallel, one round trip each; unreachable nodes are findings."""
+    def survey(self, ctx: Context, nodes: Sequence[Node] | None = None, *, checks: bool = False) -> list[Survey]:
+        """Preflight every target in parallel, one round trip each; unreachable nodes are findings.
+        ``checks``: read the checks' facts too (an apply's survey; a preview asks nothing it need not,
+        and etcd's checks write a key)."""
         nodes = self.targets(ctx.inv) if nodes is None else nodes
         planned = {n.name: ctx.files(self, n) for n in nodes}
 
@@ -221,7 +241,8 @@ class Chapter:
             files = planned[r.node.name]
             hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
             states_fact = unit_states(self.node_units(r.node))
-            asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact]
+            asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact,
+                     *(self.check_facts(ctx, r.node, files) if checks else [])]
             facts = gather(r, asked, parallel=self.survey_at_once)
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
@@ -267,7 +288,7 @@ class Chapter:
         lap("plan+jumpbox")
         if (err := first_failure(findings)) is not None:
             raise err
-        surveys = self.survey(ctx, nodes)
+        surveys = self.survey(ctx, nodes, checks=True)
         lap("survey")
         findings += [f for s in surveys for f in s.findings]
         if not first_failure(findings):  # judged together only once each node could be asked
@@ -313,7 +334,13 @@ class Chapter:
         notes = self.finish(ctx)
         if notes:
             lap("finish")
-        results = self.verify(ctx)
+        fixed = any(o.value.fixed for o in pushed if o.value)
+        if not (any(written.values()) or fixed or started or restarted or any(steps.values())):
+            ctx.unchanged = {s.node.name: s.facts for s in surveys}
+        try:
+            results = self.verify(ctx)
+        finally:
+            ctx.unchanged = {}
         lap("checks")
         return ApplyReport(self.name, findings, written, started, restarted, results, time.monotonic() - t0,
                            sum(o.value.bytes_sent for o in pushed if o.value), phases,

@@ -47,6 +47,9 @@ class EtcdChapter(Chapter):
     def node_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
         return preflight.node_facts(ctx.inv, node)
 
+    def check_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
+        return verify.member_ask(ctx.inv, node, planned).all()
+
     def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
         binary = next((f.source for f in ctx.files(self, node) if f.path == f"{BIN}/etcd" and f.source), None)
         arch = preflight.elf_arch(binary) if binary is not None else None

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hardway import remote
-from hardway.chapters.base import Context
+from hardway.chapters.base import Context, ask
 from hardway.chapters.etcd import cluster, datadir, quorum
 from hardway.chapters.etcd.client_auth import client_auth_results
 from hardway.chapters.etcd.files import UNIT, UNIT_PATH
 from hardway.chapters.etcd.preflight import FSYNC_P99_LIMIT_MS, fsync_finding, fsync_p99
 from hardway.chapters.etcd.signatures import SIGNATURES
 from hardway.checks import FAIL, OK, SKIP, WARN, CheckResult
-from hardway.facts import Fact, FactOutput, FactValues, file_hashes, file_stats, gather, journal_since_start, unit_lint
+from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, journal_since_start, unit_lint
 from hardway.files import File, stamps
 from hardway.inventory import Inventory, Node
 from hardway.remote import Remote
@@ -67,34 +67,58 @@ def referenced_paths(unit_text: str) -> set[str]:
     return {w.split("=", 1)[-1] for w in exec_words(unit_text) if w.split("=", 1)[-1].startswith("/") and "," not in w}
 
 
-def gather_member(inv: Inventory, r: Remote, files: list[File], surveyed: FactValues | None = None) -> MemberFacts:
-    """Everything verify needs from one member, in one round trip (plus one if a hand-edited unit names files
-    the rendered one does not: what the rendered unit names is asked in the first). ``surveyed``: what this
-    task's preflight read from the node; its fsync figure is reused rather than measured again."""
+@dataclass(frozen=True)
+class MemberAsk:
+    """The facts verify asks one member, by role."""
+
+    paths: list[str]
+    rendered_refs: set[str]
+    hashes: Fact
+    stats: Fact
+    lint: Fact
+    journal: Fact
+    fsync: Fact
+    write: Fact
+    cluster: list[Fact]
+
+    def all(self) -> list[Fact]:
+        return [self.hashes, self.stats, UNIT_TEXT, self.lint, self.journal, *self.cluster, self.write, self.fsync]
+
+
+def member_ask(inv: Inventory, node: Node, files: list[File]) -> MemberAsk:
     paths = [x.path for x in files]
     unit = next((x for x in files if x.path == UNIT_PATH), None)
     rendered_refs = referenced_paths(unit.data().decode()) if unit is not None else set()
-    hashes, stats = file_hashes(paths, stamps(files)), file_stats(sorted(set(paths) | rendered_refs))
-    lint, journal, fsync = unit_lint([UNIT_PATH]), journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir)
-    put = write(inv, r.node)
+    return MemberAsk(paths, rendered_refs, file_hashes(paths, stamps(files)),
+                     file_stats(sorted(set(paths) | rendered_refs)), unit_lint([UNIT_PATH]),
+                     journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir), write(inv, node),
+                     cluster.facts(inv, node))
+
+
+def gather_member(ctx: Context, r: Remote, files: list[File]) -> MemberFacts:
+    """Everything verify needs from one member, in one round trip (plus one if a hand-edited unit names files
+    the rendered one does not: what the rendered unit names is asked in the first), or none when this
+    task's survey read it all and changed nothing. The survey's fsync figure is reused rather than
+    measured again."""
+    a = member_ask(ctx.inv, r.node, files)
+    surveyed = ctx.surveyed.get(r.node.name)
+    measured = surveyed is not None and a.fsync in surveyed
     # everything at once (etcdctl calls mostly wait on the network), but the disk probe after the rest
     # (it is ``alone``), so nothing else disturbs the figure: one exec
-    measured = surveyed is not None and fsync in surveyed
-    v = gather(r, [hashes, stats, UNIT_TEXT, lint, journal, *cluster.facts(inv, r.node), put,
-                   *([] if measured else [fsync])], timeout=60, parallel=True)
-    f = MemberFacts(cluster.view_from(inv, r.node, v))
-    f.hashes = v[hashes]
-    f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[stats].items() if p in paths}
-    f.lint = "\n".join(line for line in v[lint].splitlines() if "etcd" in line)
-    f.journal, f.write = v[journal], v[put]
-    f.fsync_p99_ms = surveyed[fsync] if surveyed is not None and measured else v[fsync]
-    referenced = referenced_paths(v[UNIT_TEXT]) - set(paths)
-    known = {p: v[stats][p] is not None for p in referenced & rendered_refs}
-    if extra := sorted(referenced - rendered_refs):  # a hand-edited unit naming files the render does not
+    v = ask(ctx, r, [x for x in a.all() if x is not a.fsync or not measured], timeout=60, parallel=True)
+    f = MemberFacts(cluster.view_from(ctx.inv, r.node, v))
+    f.hashes = v[a.hashes]
+    f.files = {p: (st.mode, st.owner, st.group) if st else None for p, st in v[a.stats].items() if p in a.paths}
+    f.lint = "\n".join(line for line in v[a.lint].splitlines() if "etcd" in line)
+    f.journal, f.write = v[a.journal], v[a.write]
+    f.fsync_p99_ms = surveyed[a.fsync] if surveyed is not None and measured else v[a.fsync]
+    referenced = referenced_paths(v[UNIT_TEXT]) - set(a.paths)
+    known = {p: v[a.stats][p] is not None for p in referenced & a.rendered_refs}
+    if extra := sorted(referenced - a.rendered_refs):  # a hand-edited unit naming files the render does not
         found = gather(r, [file_stats(extra)])[file_stats(extra)]
         known |= {p: found[p] is not None for p in extra}
     f.referenced = known
-    for p in paths:  # planned files are judged by hashes/modes; record them as referenced-present too
+    for p in a.paths:  # planned files are judged by hashes/modes; record them as referenced-present too
         if f.files.get(p) is not None:
             f.referenced.setdefault(p, True)
     return f
@@ -265,7 +289,7 @@ def verify(ctx: Context, files: dict[str, list[File]]) -> list[CheckResult]:
     """Every member's unit, files, data dir, health, disk and journal; the cluster; client auth."""
     inv = ctx.inv
     outcomes = remote.fan_out(inv, inv.controllers,
-                              lambda r: gather_member(inv, r, files[r.node.name], ctx.surveyed.get(r.node.name)),
+                              lambda r: gather_member(ctx, r, files[r.node.name]),
                               connector=ctx.connector)
     results: list[CheckResult] = []
     facts: dict[str, MemberFacts] = {}

@@ -82,7 +82,8 @@ class WorkersChapter(Chapter):
     def jumpbox_findings(self, ctx: Context, planned: dict[str, list[File]]) -> list[Finding]:
         return jumpbox_findings(ctx.inv, planned, ctx.cache_dir)
 
-    def survey(self, ctx: Context, nodes: Sequence[Node] | None = None) -> list[Survey]:
+    def survey(self, ctx: Context, nodes: Sequence[Node] | None = None, *, checks: bool = False) -> list[Survey]:
+        # the workers' checks read nothing in the survey (no ``check_facts``): ``checks`` changes nothing
         return apply.survey(ctx, self, self.targets(ctx.inv) if nodes is None else nodes)
 
     def node_steps(self, ctx: Context, survey: Survey) -> list[Step]:

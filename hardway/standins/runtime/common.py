@@ -320,7 +320,7 @@ def dial(url: str, ctx: ssl.SSLContext, *, method: str = "GET", body: bytes | No
             if not announced:
                 log(f"waiting for {what or url} ({exc.__class__.__name__}); retrying")
                 announced = True
-            time.sleep(0.5)
+            time.sleep(0.1)  # a refused connect on the node is cheap; the peer may be up any moment
 
 
 def load_yaml(data: bytes, label: str):
