@@ -11,22 +11,21 @@ from hardway.errors import HardwayError
 if TYPE_CHECKING:
     from hardway.chapters.base import Chapter
 
-from .common import CACHE_DIR, INVENTORY_HELP, PKI_DIR_HELP, context, load_inventory, pki_state, seconds, user_errors
+from .common import CACHE_DIR, INVENTORY_HELP, PKI_DIR_HELP, connected, load_inventory, pki_state, seconds, user_errors
 
 
 def apply_task(chapter: Chapter) -> Task:
     """The task that applies ``chapter`` (`invoke <chapter.task>`): preflight, push, start, wait, checks."""
 
     def apply(c, inventory=None, pki_dir=None, timeout=None, adopt=False, fix=False) -> None:
-        from hardway import binaries, checks, remote
+        from hardway import binaries, checks
 
         wait = seconds(timeout, "--timeout", 90.0)
         inv = load_inventory(inventory)
         for name in chapter.binaries:
             if name in inv.binaries:
                 binaries.fetch(inv.binaries[name], CACHE_DIR)
-        with remote.Pool() as pool:
-            ctx = context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait, adopt=adopt)
+        with connected(inv, pki_state(inv, pki_dir), timeout=wait, adopt=adopt) as ctx:
             ctx.fix = fix
             report = chapter.apply(ctx)
         print(checks.format_table(report.results))
@@ -69,15 +68,14 @@ def _verify_choices() -> str:
 @user_errors
 def verify(c, inventory=None, pki_dir=None, chapter=None, json=False) -> None:
     """Run the chapters' checks; exit 0 only if none failed."""
-    from hardway import checks, remote
+    from hardway import checks
     from hardway.chapters import verifiable
 
     chosen = [ch for ch in verifiable() if chapter in (None, ch.name)]
     if not chosen:
         raise HardwayError(f"--chapter: {chapter!r} is not one of: {_verify_choices()}")
     inv = load_inventory(inventory)
-    with remote.Pool() as pool:
-        ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+    with connected(inv, pki_state(inv, pki_dir)) as ctx:
         results = checks.run_checks([check for ch in chosen for check in ch.checks(ctx)])
     print(checks.to_json(results) if json else checks.format_table(results))
     if checks.failed(results):

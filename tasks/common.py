@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,6 @@ from hardway.errors import HardwayError
 if TYPE_CHECKING:  # the CLI imports the library lazily: `invoke --list` stays quick
     from hardway.chapters import Context
     from hardway.inventory import Inventory
-    from hardway.remote import Connector
     from hardway.state import PkiState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,11 +92,15 @@ def pki_state(inv: Inventory, pki_dir: str | None) -> PkiState:
     return PkiState(Path(pki_dir) if pki_dir else ROOT / "pki" / inv.cluster_name)
 
 
-def context(inv: Inventory, state: PkiState, *, connector: Connector, timeout: float = 90.0,
-            adopt: bool = False) -> Context:
+@contextmanager
+def connected(inv: Inventory, state: PkiState, *, timeout: float = 90.0, adopt: bool = False,
+              ) -> Iterator[Context]:
+    """The task's Context: one SSH connection per node for the whole task, all closed after it."""
+    from hardway import remote
     from hardway.chapters import Context
 
-    return Context(inv, state, cache_dir=CACHE_DIR, connector=connector, timeout=timeout, adopt=adopt)
+    with remote.Pool() as pool:
+        yield Context(inv, state, cache_dir=CACHE_DIR, connector=pool, timeout=timeout, adopt=adopt)
 
 
 def days(value: object, flag: str) -> int:

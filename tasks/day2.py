@@ -9,7 +9,7 @@ from invoke import Collection, task
 from .common import (
     INVENTORY_HELP,
     PKI_DIR_HELP,
-    context,
+    connected,
     help_asked,
     load_inventory,
     pki_state,
@@ -36,14 +36,12 @@ def add_to(ns: Collection) -> None:
     @user_errors
     def etcd_replace(c, node, inventory=None, pki_dir=None, dry_run=False, timeout=None) -> None:
         """Re-add NODE's etcd member on an empty data dir (stale, removed or lost data); quorum is kept."""
-        from hardway import remote
 
         help_asked(node, "etcd.replace NODE", etcd_replace, replace_help)
         wait = seconds(timeout, "--timeout", 90.0)
         inv = load_inventory(inventory)
-        with remote.Pool() as pool:
-            done = replace.replace(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait), node,
-                                   dry_run=dry_run)
+        with connected(inv, pki_state(inv, pki_dir), timeout=wait) as ctx:
+            done = replace.replace(ctx, node, dry_run=dry_run)
         print(done.procedure.describe() + "\ndry run: nothing was changed" if dry_run else done.summary())
 
     snapshot_help = {**DAY2_HELP, "out": "directory for the snapshot (default: backups/<cluster> beside the PKI "
@@ -56,13 +54,11 @@ def add_to(ns: Collection) -> None:
     @user_errors
     def etcd_snapshot(c, inventory=None, pki_dir=None, dry_run=False, out=None, schedule=None) -> None:
         """Save a snapshot from a healthy member to the jumpbox (0600), with its sha256 and status beside it."""
-        from hardway import remote
         from hardway.day2 import schedule as schedule_lib
         from hardway.day2 import snapshot
 
         inv = load_inventory(inventory)
-        with remote.Pool() as pool:
-            ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+        with connected(inv, pki_state(inv, pki_dir)) as ctx:
             if schedule is not None:
                 proc = schedule_lib.schedule(ctx, schedule, dry_run=dry_run)
                 print(proc.describe() + ("\ndry run: nothing was changed" if dry_run else ""))
@@ -76,15 +72,13 @@ def add_to(ns: Collection) -> None:
     @user_errors
     def etcd_restore(c, snapshot, inventory=None, pki_dir=None, dry_run=False, timeout=None) -> None:
         """Restore every member from SNAPSHOT as a new cluster (new token); the old data dirs are moved aside."""
-        from hardway import remote
         from hardway.day2 import restore
 
         help_asked(snapshot, "etcd.restore SNAPSHOT", etcd_restore, restore_help)
         wait = seconds(timeout, "--timeout", 90.0)
         inv = load_inventory(inventory)
-        with remote.Pool() as pool:
-            proc, snap, took = restore.restore(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait),
-                                               Path(snapshot), dry_run=dry_run)
+        with connected(inv, pki_state(inv, pki_dir), timeout=wait) as ctx:
+            proc, snap, took = restore.restore(ctx, Path(snapshot), dry_run=dry_run)
         if dry_run:
             print(proc.describe() + "\ndry run: nothing was changed")
         else:
@@ -106,16 +100,14 @@ def add_to(ns: Collection) -> None:
     @user_errors
     def reset_task(c, node, yes=False, all=False, inventory=None, pki_dir=None, dry_run=False, timeout=None) -> None:
         """Undo what hardway deployed on NODE (from its deployment record); data dirs are moved aside."""
-        from hardway import remote
         from hardway.day2 import reset
 
         help_asked(node, "reset NODE", reset_task, reset_help)
         wait = seconds(timeout, "--timeout", 90.0)
         inv = load_inventory(inventory)
         names = [n.strip() for n in str(node).split(",") if n.strip()]
-        with remote.Pool() as pool:
-            proc, took = reset.reset(context(inv, pki_state(inv, pki_dir), connector=pool, timeout=wait), names,
-                                     yes=yes, all_controllers=all, dry_run=dry_run)
+        with connected(inv, pki_state(inv, pki_dir), timeout=wait) as ctx:
+            proc, took = reset.reset(ctx, names, yes=yes, all_controllers=all, dry_run=dry_run)
         print(proc.describe() + "\ndry run: nothing was changed" if dry_run else
               f"reset {', '.join(names)}: done in {took:.1f}s")
 
@@ -129,13 +121,11 @@ def add_to(ns: Collection) -> None:
     @user_errors
     def diagnose_task(c, inventory=None, pki_dir=None, lines=None, out=None, dry_run=False) -> None:
         """Collect evidence from every node into one tarball, and print which known failures matched where."""
-        from hardway import remote
         from hardway.day2 import diagnose
 
         count = 200 if (n := whole_number(lines, "--lines")) is None else n
         inv = load_inventory(inventory)
-        with remote.Pool() as pool:
-            ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+        with connected(inv, pki_state(inv, pki_dir)) as ctx:
             if dry_run:
                 print(diagnose.describe(ctx, count, Path(out) if out else None) + "\ndry run: nothing was collected")
                 return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from .common import INVENTORY_HELP, PKI_DIR_HELP, context, load_inventory, pki_state, seconds, user_errors
+from .common import INVENTORY_HELP, PKI_DIR_HELP, connected, load_inventory, pki_state, seconds, user_errors
 
 
 @task(name="rotate-encryption-key", auto_shortflags=False, help={
@@ -20,15 +20,14 @@ def rotate_encryption_key(c, inventory=None, pki_dir=None, dry_run=False, anothe
 
     A changed encryption.provider in the inventory goes the same way. Re-run after an interruption: it
     resumes at the step the controllers' configs show."""
-    from hardway import encryption_rotation, remote
+    from hardway import encryption_rotation
 
     wait = seconds(timeout, "--timeout", 90.0)
     inv = load_inventory(inventory)
     state = pki_state(inv, pki_dir)
     resume = "invoke rotate-encryption-key" + (f" --inventory {inv.path}" if inventory else "") + \
         (f" --pki-dir {pki_dir}" if pki_dir else "")
-    with remote.Pool() as pool:
-        ctx = context(inv, state, connector=pool, timeout=wait)
+    with connected(inv, state, timeout=wait) as ctx:
         text, _ = encryption_rotation.rotate(ctx, another=another, resume=resume, dry_run=dry_run,
                                              before=lambda proc: print(proc.describe()))
     if dry_run or text.startswith("nothing to do"):

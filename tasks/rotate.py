@@ -8,7 +8,7 @@ from .common import (
     CACHE_DIR,
     INVENTORY_HELP,
     PKI_DIR_HELP,
-    context,
+    connected,
     days,
     load_inventory,
     pki_state,
@@ -30,7 +30,7 @@ def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within
     """After an address or SAN change in the inventory: reissue exactly what it affects, push, restart rolling."""
     from datetime import timedelta
 
-    from hardway import checks, remote, rotate
+    from hardway import checks, rotate
     from hardway.chapters import owner_of, verifiable
 
     wait = seconds(timeout, "--timeout", 90.0)
@@ -45,8 +45,7 @@ def rotate_certs(c, inventory=None, pki_dir=None, dry_run=False, expiring_within
     print(report.plan.format())
     # the jumpbox's own chapter (certificates), and every chapter whose files or services were touched
     touched = {f.chapter for n in report.plan.nodes for f in n.files} | {owner_of(s).name for s, _ in report.restarted}
-    with remote.Pool() as pool:
-        ctx = context(inv, state, connector=pool)
+    with connected(inv, state) as ctx:
         chosen = [ch for ch in verifiable() if ch.name in touched or not ch.targets(inv)]
         results = checks.run_checks([check for ch in chosen for check in ch.checks(ctx)])
     print(checks.format_table(results))

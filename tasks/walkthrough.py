@@ -17,7 +17,7 @@ from .common import (
     INVENTORY_HELP,
     PKI_DIR_HELP,
     ROOT,
-    context,
+    connected,
     help_asked,
     inventory_path,
     load_inventory,
@@ -77,8 +77,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
     if bad := [s for s in sections if s not in report.SECTIONS]:
         raise HardwayError(f"--only: {', '.join(bad)} is not one of {', '.join(report.SECTIONS)}")
     inv = load_inventory(inventory)
-    with remote.Pool() as pool:
-        ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+    with connected(inv, pki_state(inv, pki_dir)) as ctx:
         ctx.progress = remote.QUIET  # looking changes nothing: no progress lines (stdout may be JSON)
         ctx.fix = fix
         if list:
@@ -111,8 +110,7 @@ def chapter(c, which=None, list=False, next=False, apply=False, only=None, json=
             if exc.message:
                 print(exc.message, file=sys.stderr)
     inv = load_inventory(inventory)  # again: the apply may have written it (`lab.up` writes inventory/lab.yaml)
-    with remote.Pool() as pool:
-        ctx = context(inv, pki_state(inv, pki_dir), connector=pool)
+    with connected(inv, pki_state(inv, pki_dir)) as ctx:
         ctx.progress = remote.QUIET
         state = walkthrough.states(ctx, [t])[0]
     print(jsonlib.dumps(state.to_json(), indent=2) if json else

@@ -21,7 +21,7 @@ node at all (the smoke test) overrides ``apply``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +159,28 @@ def ask(ctx: Context, r: Remote, facts: Sequence[Fact], timeout: int | None = No
     return gather(r, facts, timeout, parallel=parallel)
 
 
+def foreign_findings(node: Node, push: PushPlan, task: str) -> list[Finding]:
+    """A file hardway did not deploy at a planned path: the survey's one line naming node and path."""
+    if not push.foreign:
+        return []
+    return [Finding(node.name, FAIL, str(deploy.foreign_error(node.name, push.foreign, f"invoke {task}"))
+                    .removeprefix(f"{node.name}: "))]
+
+
+def survey_all(ctx: Context, chapter: Chapter, nodes: Sequence[Node], look: Callable[[Remote], Survey],
+               ) -> list[Survey]:
+    """``look`` at every node in parallel; a node that cannot be asked is a failed finding of its own."""
+    surveys = []
+    for o in remote.fan_out(ctx.inv, nodes, look, connector=ctx.connector):
+        if o.ok and o.value is not None:
+            surveys.append(o.value)
+        else:
+            error = (o.error or "failed").removeprefix(f"{o.node.name}: ")
+            surveys.append(Survey(o.node, ctx.files(chapter, o.node), FactValues({}), PushPlan(),
+                                  [Finding(o.node.name, FAIL, error)], []))
+    return surveys
+
+
 def first_failure(findings: Sequence[Finding]) -> HardwayError | None:
     failures = [f for f in findings if f.status == FAIL]
     if not failures:
@@ -246,22 +268,11 @@ class Chapter:
             facts = gather(r, asked, parallel=self.survey_at_once)
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
-            findings = self.judge(ctx, r.node, facts)
-            if push.foreign:
-                findings.append(Finding(r.node.name, FAIL, str(deploy.foreign_error(
-                    r.node.name, push.foreign, f"invoke {self.task}")).removeprefix(f"{r.node.name}: ")))
+            findings = [*self.judge(ctx, r.node, facts), *foreign_findings(r.node, push, self.task)]
             return Survey(r.node, files, facts, push, findings, deploy.sweepable(facts[deploy.STAGING_FACT]),
                           facts[stats_fact], facts[states_fact])
 
-        surveys = []
-        for o in remote.fan_out(ctx.inv, nodes, look, connector=ctx.connector):
-            if o.ok and o.value is not None:
-                surveys.append(o.value)
-            else:
-                error = (o.error or "failed").removeprefix(f"{o.node.name}: ")
-                surveys.append(Survey(o.node, planned[o.node.name], FactValues({}), PushPlan(),
-                                      [Finding(o.node.name, FAIL, error)], []))
-        return surveys
+        return survey_all(ctx, self, nodes, look)
 
     def node_steps(self, ctx: Context, survey: Survey) -> list[Step]:
         """Changes beyond files and services, from the survey's facts (pure); run after the files are

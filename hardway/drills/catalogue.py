@@ -168,8 +168,7 @@ def _lab(env: Env):  # -> hardway.lab.Lab
 def apiserver_without_endpoint(env: Env, node: Node) -> str:
     inv, state = env.inv, env.state
     endpoint = inv.api_endpoint.address
-    cert, _key = inject.leaf_without(state, inv, APISERVER, lambda kind, v: kind == "IP" and
-                                     inject.same_ip(v, endpoint))
+    cert = inject.leaf_without(state, inv, APISERVER, lambda kind, v: kind == "IP" and inject.same_ip(v, endpoint))
     inject.write_state_cert(state, APISERVER, cert)
     ctx = env.ctx()
     for c in inv.controllers:
@@ -233,15 +232,13 @@ def drop_route(env: Env, node: Node) -> str:
 
 
 def kubelet_without_ip(env: Env, node: Node) -> str:
-    cert, key = inject.leaf_without(env.state, env.inv, f"kubelet-{node.name}",
+    cert = inject.leaf_without(env.state, env.inv, f"kubelet-{node.name}",
                                     lambda kind, v: kind == "IP" and inject.same_ip(v, node.address))
     r = env.ctx().connector(env.inv, node)
     try:  # as a hand-made certificate would land: over the deployed one, the kubelet restarted
         r.run(f"mkdir -p -m 0700 {stash_dir('kubelet-cert-without-ip')} && cp -a {wf.KUBELET_CERT} "
               f"{stash_dir('kubelet-cert-without-ip')}/")
-        install(r, [File(wf.KUBELET_CERT, 0o644, cert, chapter=WORKERS.name),
-                    File(wf.KUBELET_KEY, 0o600, key, secret=True, chapter=WORKERS.name)],
-                then=[f"systemctl restart {wf.KUBELET}"])
+        install(r, [File(wf.KUBELET_CERT, 0o644, cert, chapter=WORKERS.name)], then=[f"systemctl restart {wf.KUBELET}"])
     finally:
         r.close()
     return f"{node.name}: kubelet certificate reissued without {node.address} (DNS name only), kubelet restarted"

@@ -67,9 +67,9 @@ def unstash(drill: str, *paths: str) -> str:
 
 
 def leaf_without(state: PkiState, inv: Inventory, name: str,
-                 drop: Callable[[str, str], bool]) -> tuple[bytes, bytes]:
-    """Certificate ``name`` as hardway would issue it, signed by its CA with its own key, minus the
-    SANs ``drop(kind, value)`` picks: (cert PEM, key PEM). The key is the one in the PKI state."""
+                 drop: Callable[[str, str], bool]) -> bytes:
+    """Certificate ``name`` (PEM) as hardway would issue it, signed by its CA for the key in the PKI state
+    (the one its node holds: only the certificate changes), minus the SANs ``drop(kind, value)`` picks."""
     spec = pki.spec_for(inv, name)
     spec = dataclasses.replace(
         spec, dns_names=tuple(d for d in spec.dns_names if not drop("DNS", d)),
@@ -79,7 +79,7 @@ def leaf_without(state: PkiState, inv: Inventory, name: str,
     if ca_cert is None or ca_key is None or key is None:
         raise HardwayError(f"the PKI in {state.root} has no {name} or its CA: run `invoke pki` first")
     cert = issue(spec, key, inv, datetime.datetime.now(datetime.UTC), ca_cert, ca_key)
-    return cert_pem(cert), state.key(name).read_bytes()
+    return cert_pem(cert)
 
 
 def write_state_cert(state: PkiState, name: str, pem: bytes) -> None:

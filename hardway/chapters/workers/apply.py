@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hardway import deploy, remote
-from hardway.chapters.base import Context, Finding, Step, Survey
+from hardway.chapters.base import Context, Finding, Step, Survey, foreign_findings, survey_all
 from hardway.chapters.workers import files as wf
 from hardway.chapters.workers import node as wn
-from hardway.checks import FAIL, OK, WARN
+from hardway.checks import OK, WARN
 from hardway.deploy import PushPlan
 from hardway.errors import HardwayError
-from hardway.facts import Fact, FactOutput, FactValues, file_hashes, file_stats, gather, unit_states
+from hardway.facts import Fact, FactOutput, file_hashes, file_stats, gather, unit_states
 from hardway.files import File, stamps
 from hardway.inventory import Node
 from hardway.remote import Remote
@@ -87,22 +87,11 @@ def survey(ctx: Context, chapter, nodes: Sequence[Node]) -> list[Survey]:
                                 adopt=ctx.adopt)
         if fstab:  # not hardway's file: --fix adopts it (the original is kept as fstab.hardway-orig-<time>)
             push = _merge(push, deploy.plan_push(fstab, hashes, stats, push.record, adopt=True), record)
-        findings = findings_from(r.node, items, ctx.fix)
-        if push.foreign:
-            findings.append(Finding(r.node.name, FAIL, str(deploy.foreign_error(
-                r.node.name, push.foreign, f"invoke {chapter.task}")).removeprefix(f"{r.node.name}: ")))
+        findings = findings_from(r.node, items, ctx.fix) + foreign_findings(r.node, push, chapter.task)
         return WorkerSurvey(r.node, files + fixes.files, values, push, findings,
                             deploy.sweepable(values[deploy.STAGING_FACT]), stats, values[states_f], steps=fixes.steps)
 
-    surveys = []
-    for o in remote.fan_out(ctx.inv, nodes, look, connector=ctx.connector):
-        if o.ok and o.value is not None:
-            surveys.append(o.value)
-        else:
-            error = (o.error or "failed").removeprefix(f"{o.node.name}: ")
-            surveys.append(Survey(o.node, ctx.files(chapter, o.node), FactValues({}), PushPlan(),
-                                  [Finding(o.node.name, FAIL, error)], []))
-    return surveys
+    return survey_all(ctx, chapter, nodes, look)
 
 
 def findings_from(node: Node, items: list[wn.Item], fixing: bool) -> list[Finding]:
