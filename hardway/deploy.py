@@ -78,6 +78,11 @@ def parse_record(out: FactOutput) -> dict[str, Deployed]:
 RECORD_FACT: Fact[dict[str, Deployed]] = Fact("deployed", f"cat {RECORD} 2>/dev/null || true", parse_record)
 
 
+def holds(chapter: str) -> str:
+    """A shell test: this node's record lists files of ``chapter`` (hardway deployed it here)."""
+    return f"grep -qsF {shlex.quote(json.dumps({'chapter': chapter})[1:-1])} {RECORD}"
+
+
 def record_bytes(record: dict[str, Deployed]) -> bytes:
     doc = {"version": 1, "files": {p: record[p].to_json() for p in sorted(record)}}
     return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"

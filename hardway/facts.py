@@ -68,6 +68,30 @@ class FactValues:
     def merged(self, other: FactValues) -> FactValues:
         return FactValues({**self._values, **other._values})
 
+    def answered(self) -> FactValues:
+        """Without the facts ``only_where`` did not ask."""
+        return FactValues({k: v for k, v in self._values.items() if v is not NOT_ASKED})
+
+
+class _NotAsked:
+    def __repr__(self) -> str:
+        return "NOT_ASKED"
+
+
+NOT_ASKED: Any = _NotAsked()
+_NOT_ASKED_MARK = "@@hardway-not-asked@@"
+
+
+def only_where(condition: str, fact: Fact[T]) -> Fact[T]:
+    """``fact`` (same name, same key), asked only where the shell test ``condition`` holds; elsewhere its
+    value is NOT_ASKED, which ``FactValues.answered`` drops."""
+
+    def parse(out: FactOutput) -> T:
+        return NOT_ASKED if out.stdout.strip() == _NOT_ASKED_MARK else fact.parse(out)
+
+    return Fact(fact.name, f"{condition} || {{ echo '{_NOT_ASKED_MARK}'; exit 0; }}\n{fact.shell}", parse, fact.args,
+                fact.alone)
+
 
 def gather(remote: Any, facts: Iterable[Fact[Any]], timeout: int | None = None, *, parallel: bool = False,
            ) -> FactValues:

@@ -125,21 +125,6 @@ def test_rerun_writes_nothing_and_restarts_nothing(cp) -> None:
         assert node.commands == [] and node.uploads == [] and node.starts == [] and node.restarts == [], name
 
 
-def test_a_rerun_that_changes_nothing_judges_its_checks_on_the_survey(cp) -> None:
-    inv, state = cp
-    cluster = fake_cluster(inv)
-    apply(inv, state, cluster)
-    for node in cluster.nodes.values():
-        node.rounds.clear()
-    report = apply(inv, state, cluster)
-    for c in inv.controllers:  # one exec each: the survey asked what the checks read
-        assert len(cluster[c.name].rounds) == 1 and "control_plane_probes" in cluster[c.name].rounds[0]
-    later = cluster["lb-0"].rounds[1:]  # the finish waits for HAProxy to see every apiserver UP
-    assert later and all(r == ["lb_stat"] for r in later), cluster["lb-0"].rounds
-    alone = CP.verify(Context(inv, state, connector=cluster.connector, progress=QUIET))
-    assert [(r.check, r.node, r.status) for r in report.results] == [(r.check, r.node, r.status) for r in alone]
-
-
 def test_the_rerun_test_catches_a_chapter_that_restarts_what_runs(cp, monkeypatch) -> None:
     inv, state = cp
     cluster = fake_cluster(inv)

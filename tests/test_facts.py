@@ -191,3 +191,26 @@ def test_big_files_get_their_stamp_when_installed_and_small_ones_keep_real_times
     steps = script.split("; ")
     assert steps.count(f"touch -m -d @{binary.stamp} /var/lib/hardway/staging/run-x/0") == 1
     assert sum(s.startswith("touch -m -d @") for s in steps) == 1, "only the big file is stamped"
+
+
+def test_a_fact_asked_only_where_the_chapter_is_deployed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The survey's check facts run only where the record lists the chapter (run here by a real shell)."""
+    import subprocess
+
+    record = tmp_path / "deployed.json"
+    monkeypatch.setattr(deploy, "RECORD", str(record))
+    stats = facts.file_stats([str(record)])
+    guarded = facts.only_where(deploy.holds("etcd"), stats)
+    assert guarded.key == stats.key, "the checks find it under the key they ask by"
+
+    def ask() -> facts.FactValues:
+        done = subprocess.run(["sh", "-c", guarded.shell], capture_output=True, text=True)
+        return facts.FactValues({guarded.key: guarded.parse(FactOutput(done.stdout, done.returncode))}).answered()
+
+    assert stats not in ask(), "no record: not asked"
+    other = {"ca.crt": deploy.Deployed("0" * 64, 0o644, "root", "root", "pki")}
+    record.write_bytes(deploy.record_bytes(other))
+    assert stats not in ask(), "another chapter's files only: not asked"
+    record.write_bytes(deploy.record_bytes({**other, "etcd.service": deploy.Deployed("1" * 64, 0o644, "root", "root",
+                                                                                        "etcd")}))
+    assert ask()[stats][str(record)] is not None, "deployed here: asked, and read as the fact itself reads"

@@ -29,7 +29,7 @@ from hardway import deploy, remote, services
 from hardway.checks import FAIL, Check, CheckResult, run_checks
 from hardway.deploy import PushPlan, PushReport
 from hardway.errors import HardwayError
-from hardway.facts import Fact, FactValues, FileStat, UnitState, gather, unit_states
+from hardway.facts import Fact, FactValues, FileStat, UnitState, gather, only_where, unit_states
 from hardway.files import File
 from hardway.inventory import Inventory, Node
 from hardway.planner import Planner, files_for
@@ -238,8 +238,9 @@ class Chapter:
 
     def check_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
         """The facts the checks ask ``node`` in their first round trip, as they ask them after an apply
-        that pushed nothing there: the survey reads them too, so a re-run that changes nothing judges
-        its checks without asking again (``ask``)."""
+        that pushed nothing there: an apply's survey reads them too where the node's record lists this
+        chapter (a fresh node has nothing to check yet), so a re-run that changes nothing judges its
+        checks without asking again (``ask``)."""
         return []
 
     def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
@@ -263,9 +264,12 @@ class Chapter:
             files = planned[r.node.name]
             hashes_fact, stats_fact, *_ = disk = deploy.disk_facts(files)
             states_fact = unit_states(self.node_units(r.node))
-            asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact,
-                     *(self.check_facts(ctx, r.node, files) if checks else [])]
-            facts = gather(r, asked, parallel=self.survey_at_once)
+            asked = [*self.node_facts(ctx, r.node, files), *disk, states_fact]
+            if checks:  # only where the chapter is deployed: on a fresh node the checks would read nothing yet
+                have = {f.key for f in asked}
+                asked += [only_where(deploy.holds(self.name), f) for f in self.check_facts(ctx, r.node, files)
+                          if f.key not in have]
+            facts = gather(r, asked, parallel=self.survey_at_once).answered()
             push = deploy.plan_push(files, facts[hashes_fact], facts[stats_fact], facts[deploy.RECORD_FACT],
                                     adopt=ctx.adopt)
             findings = [*self.judge(ctx, r.node, facts), *foreign_findings(r.node, push, self.task)]

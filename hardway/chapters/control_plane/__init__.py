@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hardway.chapters.base import Chapter, Context, Finding
-from hardway.chapters.control_plane import apply, extras, files, preflight, verify
+from hardway.chapters.control_plane import apply, files, preflight, verify
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane.files import (
     COMPONENTS,
@@ -69,10 +69,6 @@ class ControlPlaneChapter(Chapter):
 
     def node_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
         return preflight.node_facts(ctx.inv, node, self.node_units(node))
-
-    def check_facts(self, ctx: Context, node: Node, planned: list[File]) -> list[Fact]:
-        extra = [extras.audit_fact(ctx.inv)] if node.is_controller else []
-        return verify.node_ask(ctx.inv, node, self.node_units(node), planned, extra, known=True).all()
 
     def judge(self, ctx: Context, node: Node, facts: FactValues) -> list[Finding]:
         real = {f.path.rsplit("/", 1)[1]: f.source for f in ctx.files(self, node)

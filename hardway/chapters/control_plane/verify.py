@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from hardway import deploy, pki, remote
-from hardway.chapters.base import Context, ask
+from hardway.chapters.base import Context
 from hardway.chapters.control_plane import apply, extras, probes
 from hardway.chapters.control_plane import loadbalancer as lb
 from hardway.chapters.control_plane.files import (
@@ -35,6 +35,7 @@ from hardway.facts import (
     concurrently,
     file_hashes,
     file_stats,
+    gather,
     journal_since_start,
     unit_lint,
     unit_states,
@@ -173,53 +174,31 @@ class NodeFacts:
     config_check: tuple[bool, str] | None = None
 
 
-@dataclass(frozen=True)
-class NodeAsk:
-    """The facts verify asks one node, by role."""
-
-    states: Fact
-    stats: Fact
-    hashes: Fact
-    lint: Fact
-    journals: dict[str, Fact]
-    asked: dict[str, Fact]
-    own: list[Fact]
-    slow: Fact
-
-    def all(self) -> list[Fact]:
-        return [self.states, self.stats, *self.journals.values(), *self.asked.values(), self.slow]
-
-
-def node_ask(inv: Inventory, node: Node, units: Sequence[str], files: list[File], extra: Sequence[Fact] = (),
-             known: bool = False) -> NodeAsk:
-    """``known``: the disk's hashes and stats come from the apply's survey (nothing pushed there since)."""
+def gather_node(inv: Inventory, r: Remote, units: Sequence[str], files: list[File],
+                extra: Sequence[Fact] = (), known: tuple[dict, dict] | None = None) -> tuple[NodeFacts, FactValues]:
+    """Everything verify reads from one node in one round trip; the slow probes (curl, etcdctl, sha256
+    of the binaries, systemd-analyze) run at the same time there. ``extra``: more slow facts to run
+    alongside (their values come back as the second item); ``known``: the hashes and stats an apply's
+    survey just read, when nothing was pushed there since."""
     paths = [] if known else [f.path for f in files]
+    states, stats = unit_states(units), file_stats(paths)
     hashes = file_hashes(paths, deploy.stamps([f for f in files if f.path in paths]))  # big stamped files: not read
+    lint = unit_lint([unit_file(u) for u in units])
+    journals = {u: journal_since_start(u) for u in units}
     # the components' health is asked from the jumpbox (a client's view); HAProxy's view of the
     # apiservers here; the apiserver's etcd client once (every controller holds the same files, hashed here)
-    own = [etcd_client(inv)] if node == inv.controllers[0] else [HAPROXY_CHECK] if node.is_loadbalancer else []
-    lint = unit_lint([unit_file(u) for u in units])
+    asked = {u: lb.STAT for u in units if u == lb.UNIT}
+    first = r.node == inv.controllers[0]
+    own = [etcd_client(inv)] if first else [HAPROXY_CHECK] if r.node.is_loadbalancer else []
     slow = concurrently("control_plane_probes", list({f.key: f for f in [hashes, lint, *own, *extra]}.values()))
-    return NodeAsk(unit_states(units), file_stats(paths), hashes, lint, {u: journal_since_start(u) for u in units},
-                   {u: lb.STAT for u in units if u == lb.UNIT}, own, slow)
-
-
-def gather_node(ctx: Context, r: Remote, units: Sequence[str], files: list[File],
-                extra: Sequence[Fact] = ()) -> tuple[NodeFacts, FactValues]:
-    """Everything verify reads from one node in one round trip (none when this task's survey read it and
-    changed nothing); the slow probes (curl, etcdctl, sha256 of the binaries, systemd-analyze) run at the
-    same time there. ``extra``: more slow facts to run alongside (their values come back as the second
-    item). The hashes and stats an apply's survey just read are used when nothing was pushed there since."""
-    known = ctx.disk.get(r.node.name)
-    a = node_ask(ctx.inv, r.node, units, files, extra, known=known is not None)
-    v = ask(ctx, r, a.all(), timeout=60)
-    p = FactValues(v[a.slow])
-    disk_hashes, disk_stats = known if known else (p[a.hashes], v[a.stats])
-    f = NodeFacts({u: s.active for u, s in v[a.states].items()}, disk_hashes,
+    v = gather(r, [states, stats, *journals.values(), *asked.values(), slow], timeout=60)
+    p = FactValues(v[slow])
+    disk_hashes, disk_stats = known if known else (p[hashes], v[stats])
+    f = NodeFacts({u: s.active for u, s in v[states].items()}, disk_hashes,
                   {path: (st.mode, st.owner, st.group) if st else None for path, st in disk_stats.items()},
-                  p[a.lint], {u: v[j] for u, j in a.journals.items()}, {u: v[x] for u, x in a.asked.items()})
-    if r.node == ctx.inv.controllers[0]:
-        f.etcd = p[etcd_client(ctx.inv)]
+                  p[lint], {u: v[j] for u, j in journals.items()}, {u: v[a] for u, a in asked.items()})
+    if first:
+        f.etcd = p[etcd_client(inv)]
     if r.node.is_loadbalancer:
         f.config_check = p[HAPROXY_CHECK]
     return f, p
@@ -417,8 +396,8 @@ def verify(ctx: Context, chapter: object) -> list[CheckResult]:
         rbac_result = pool.submit(rbac_objects)
         audit = extras.audit_fact(inv)
         gathered = pool.submit(remote.fan_out, inv, nodes, lambda r: gather_node(
-            ctx, r, units[r.node.name], files[r.node.name], extra=[audit] if r.node.is_controller else []),
-            connector=ctx.connector)
+            inv, r, units[r.node.name], files[r.node.name], extra=[audit] if r.node.is_controller else [],
+            known=ctx.disk.get(r.node.name)), connector=ctx.connector)
         served = {c.name: pool.submit(probes.get, str(c.address), APISERVER_PORT, "/readyz", state.cert("ca"), admin,
                                       check_name=False) for c in inv.controllers}
         through = pool.submit(apply.endpoint_probe, ctx)
