@@ -143,6 +143,11 @@ def main() -> None:
     ratio = big["total"] / small["total"]
     print(f"\nbootstrap-workers + verify, {args.workers_scale} vs 2 workers: {ratio:.2f}x  target <= 1.5x: "
           f"{'met' if ratio <= 1.5 else 'NOT met'}")
+    cores, cpu = os.cpu_count() or 1, "host CPU (all procs)"
+    per_worker = (big[cpu] - small[cpu]) / (args.workers_scale - 2)
+    print(f"each added worker costs {per_worker:.2f} core-s of host CPU (its MB through ssh, its containerd, "
+          f"kubelet and kube-proxy); {args.workers_scale} workers cannot take less than {big[cpu] / cores:.2f} s "
+          f"on {cores} cores, {big[cpu] / cores / small['total']:.2f}x the 2-worker time")
     print(f"after: {load()}")
 
 
