@@ -92,7 +92,7 @@ def member_ask(inv: Inventory, node: Node, files: list[File]) -> MemberAsk:
     return MemberAsk(paths, rendered_refs, file_hashes(paths, stamps(files)),
                      file_stats(sorted(set(paths) | rendered_refs)), unit_lint([UNIT_PATH]),
                      journal_since_start(UNIT), fsync_p99(inv.etcd.data_dir), write(inv, node),
-                     cluster.facts(inv, node))
+                     cluster.facts(inv, node, release=False))  # no check reads the release: one process less
 
 
 def gather_member(ctx: Context, r: Remote, files: list[File]) -> MemberFacts:
