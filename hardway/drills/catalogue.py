@@ -233,7 +233,7 @@ def drop_route(env: Env, node: Node) -> str:
 
 def kubelet_without_ip(env: Env, node: Node) -> str:
     cert = inject.leaf_without(env.state, env.inv, f"kubelet-{node.name}",
-                                    lambda kind, v: kind == "IP" and inject.same_ip(v, node.address))
+                               lambda kind, v: kind == "IP" and inject.same_ip(v, node.address))
     r = env.ctx().connector(env.inv, node)
     try:  # as a hand-made certificate would land: over the deployed one, the kubelet restarted
         r.run(f"mkdir -p -m 0700 {stash_dir('kubelet-cert-without-ip')} && cp -a {wf.KUBELET_CERT} "
