@@ -31,6 +31,17 @@ def cluster_for(inv: inventory.Inventory, unhealthy_polls: int = 0) -> FakeClust
     return cluster
 
 
+def converged(inv: inventory.Inventory, state) -> FakeCluster:
+    """A fake cluster that one apply has built, with what the nodes recorded during it forgotten."""
+    cluster = cluster_for(inv)
+    apply(inv, state, cluster)
+    for node in cluster.nodes.values():
+        for seen in (node.commands, node.uploads, node.starts, node.restarts, node.rounds, node.asked):
+            seen.clear()
+    cluster.log.clear()
+    return cluster
+
+
 def apply(inv, state, cluster: FakeCluster, **kw):
     ctx = Context(inv, state, connector=cluster.connector, progress=QUIET, **kw)
     return ETCD.apply(ctx)
@@ -81,19 +92,13 @@ def test_fresh_cluster_starts_every_member_in_the_push_and_then_waits(lab_like) 
 
 def test_rerun_writes_nothing_and_restarts_nothing(lab_like) -> None:
     inv, state = lab_like
-    cluster = cluster_for(inv)
-    apply(inv, state, cluster)
-    for node in cluster.nodes.values():
-        node.commands.clear(), node.uploads.clear(), node.starts.clear(), node.restarts.clear()
+    cluster = converged(inv, state)
     assert_nothing_changed(apply(inv, state, cluster), cluster)
 
 
 def test_a_rerun_that_changes_nothing_asks_each_member_once_and_judges_as_verify_does(lab_like) -> None:
     inv, state = lab_like
-    cluster = cluster_for(inv)
-    apply(inv, state, cluster)
-    for node in cluster.nodes.values():
-        node.rounds.clear()
+    cluster = converged(inv, state)
     report = apply(inv, state, cluster)
     for c in inv.controllers:  # the survey read the checks' facts too (the write probe among them)
         assert len(cluster[c.name].rounds) == 1, cluster[c.name].rounds
@@ -106,10 +111,7 @@ def test_a_rerun_that_changes_nothing_asks_each_member_once_and_judges_as_verify
 def test_a_survey_that_previews_asks_no_check_fact(lab_like) -> None:
     """`invoke chapter` previews an apply through the survey: it must not write etcd's check key."""
     inv, state = lab_like
-    cluster = cluster_for(inv)
-    apply(inv, state, cluster)
-    for node in cluster.nodes.values():
-        node.asked.clear()
+    cluster = converged(inv, state)
     from hardway.walkthrough.view import changes
 
     changes(Context(inv, state, connector=cluster.connector, progress=QUIET), ETCD)
@@ -120,10 +122,8 @@ def test_a_survey_that_previews_asks_no_check_fact(lab_like) -> None:
 def test_a_rerun_that_writes_asks_again_after_the_push(lab_like) -> None:
     """The checks judge what the apply made, not what the survey saw before it."""
     inv, state = lab_like
-    cluster = cluster_for(inv)
-    apply(inv, state, cluster)
+    cluster = converged(inv, state)
     cluster["controller-1"].files[CERT].data = b"stale\n"
-    cluster.log.clear()
     apply(inv, state, cluster)
     for c in inv.controllers:
         log = [e for e in cluster.log if e.startswith(f"{c.name}: ")]
@@ -134,10 +134,7 @@ def test_a_rerun_that_writes_asks_again_after_the_push(lab_like) -> None:
 def test_the_rerun_test_catches_a_chapter_that_restarts_every_member(lab_like, monkeypatch) -> None:
     """The logic broken on purpose: restart whatever runs. The re-run assertion must notice."""
     inv, state = lab_like
-    cluster = cluster_for(inv)
-    apply(inv, state, cluster)
-    for node in cluster.nodes.values():
-        node.commands.clear(), node.uploads.clear(), node.starts.clear(), node.restarts.clear()
+    cluster = converged(inv, state)
     restart_whatever_runs(monkeypatch)
     with pytest.raises(AssertionError):
         assert_nothing_changed(apply(inv, state, cluster), cluster)
