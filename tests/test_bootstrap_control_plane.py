@@ -104,6 +104,27 @@ def test_rerun_writes_nothing_and_restarts_nothing(cluster) -> None:
     assert pids(inv) == before
 
 
+def test_the_listener_fact_names_each_ports_process_and_unit_on_real_nodes(cluster) -> None:
+    """The survey's "who holds this port" (one awk over `ss`, /proc/PID/cgroup) read on running nodes."""
+    from hardway import remote
+    from hardway.chapters.control_plane.preflight import LISTENER_UNITS
+    from hardway.facts import gather
+
+    inv, _state = cluster
+    seen = {}
+    for node in (inv.controllers[0], inv.loadbalancers[0]):
+        r = remote.connect(inv, node)
+        try:
+            seen[node.name] = gather(r, [LISTENER_UNITS])[LISTENER_UNITS]
+        finally:
+            r.close()
+    pid, command, unit = seen[inv.controllers[0].name][6443]
+    assert pid > 1 and unit == "kube-apiserver" and command, seen
+    assert seen[inv.controllers[0].name][2379][2] == "etcd", seen
+    pid, command, unit = seen[inv.loadbalancers[0].name][6443]  # a worker process, in the master's unit
+    assert command == "haproxy" and unit == lb.UNIT, seen
+
+
 def test_etcd_refuses_a_workers_certificate_and_accepts_the_apiservers(cluster) -> None:
     inv, state = cluster
     endpoints = ",".join(inv.etcd_client_url(c) for c in inv.controllers)
