@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hardway.chapters.base import Chapter
 from hardway.chapters.control_plane import CHAPTER as CONTROL_PLANE
 from hardway.chapters.control_plane.files import APISERVER, CA, ETCD_CA
 from hardway.chapters.etcd import CHAPTER as ETCD
@@ -107,10 +108,15 @@ def remove_key(env: Env, node: Node) -> str:
     return f"{node.name}: {ETCD_KEY} moved to {stash_dir('missing-key')}, etcd restarted (it cannot start)"
 
 
-def undo_key(env: Env, node: Node) -> str:
-    done = ETCD.apply(env.ctx()).summary()
-    env.sh(node, f"rm -rf {stash_dir('missing-key')}")  # the stashed copy: bootstrap-etcd pushed the key again
+def reapplied(env: Env, node: Node, chapter: Chapter, drill: str) -> str:
+    """Undo by the chapter's own apply (it puts its deployed files back), then drop the drill's stash."""
+    done = chapter.apply(env.ctx()).summary()
+    env.sh(node, inject.drop_stash(drill))
     return done
+
+
+def undo_key(env: Env, node: Node) -> str:
+    return reapplied(env, node, ETCD, "missing-key")  # bootstrap-etcd pushed the key again: the copy goes
 
 
 def stale(env: Env, node: Node) -> str:
@@ -197,9 +203,7 @@ def wrong_etcd_ca(env: Env, node: Node) -> str:
 
 
 def undo_etcd_ca(env: Env, node: Node) -> str:
-    done = CONTROL_PLANE.apply(env.ctx()).summary()
-    env.sh(node, f"rm -rf {stash_dir('wrong-etcd-ca')}")
-    return done
+    return reapplied(env, node, CONTROL_PLANE, "wrong-etcd-ca")
 
 
 # --- workers and pod routes ---------------------------------------------------------------------
@@ -245,9 +249,7 @@ def kubelet_without_ip(env: Env, node: Node) -> str:
 
 
 def undo_kubelet(env: Env, node: Node) -> str:
-    done = WORKERS.apply(env.ctx()).summary()
-    env.sh(node, f"rm -rf {stash_dir('kubelet-cert-without-ip')}")
-    return done
+    return reapplied(env, node, WORKERS, "kubelet-cert-without-ip")
 
 
 def bridge_nf_off(env: Env, node: Node) -> str:

@@ -58,6 +58,11 @@ def stash(drill: str, *paths: str) -> str:
     return f"mkdir -p -m 0700 {d} && " + " && ".join(f"mv -f {shlex.quote(p)} {d}/" for p in paths)
 
 
+def drop_stash(drill: str) -> str:
+    """Shell: remove the drill's stash (once the chapter's apply has put its own files back)."""
+    return f"rm -rf -- {shlex.quote(stash_dir(drill))}"
+
+
 def unstash(drill: str, *paths: str) -> str:
     """Shell: move stashed ``paths`` back where they were (those that are there), then drop the stash dir."""
     d = stash_dir(drill)
